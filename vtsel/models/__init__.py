@@ -1,0 +1,12 @@
+"""Plain ``nn.Module``s of the method (no Lightning inside): usable and exportable on their own."""
+
+from vtsel.models.reconstructors import FeatureReconstructor, ImageReconstructor
+from vtsel.models.selector import FeatureSelector, Selection, topk_mask
+
+__all__ = [
+    "FeatureReconstructor",
+    "FeatureSelector",
+    "ImageReconstructor",
+    "Selection",
+    "topk_mask",
+]

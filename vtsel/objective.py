@@ -1,0 +1,86 @@
+"""The training objective of paper eq. 8, with the appendix B.1 ablation selectable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Regularizer = Literal["band", "linear"]
+
+
+@dataclass
+class LossTerms:
+    """Every term of the objective, kept apart so each can be logged."""
+
+    total: torch.Tensor
+    feature: torch.Tensor  # dist(F_rec, F)
+    image: torch.Tensor  # dist(I_rec, I)
+    keep_ratio: torch.Tensor  # L_pr, eq. 7: the share of tokens the mask keeps
+    regularizer: torch.Tensor  # the L_pr penalty actually added
+
+
+def band_penalty(
+    keep_ratio: torch.Tensor, p: float, q: float, alpha_p: float, alpha_q: float
+) -> torch.Tensor:
+    """``alpha_p * max(L_pr, p) - alpha_q * min(L_pr, q)`` (eq. 4/8).
+
+    Its gradient is +alpha_p above p (keep fewer), 0 inside [q, p] (reconstruction alone
+    decides) and -alpha_q below q (keep more): a band rather than a pull towards zero, which is
+    what stops the keep ratio from collapsing under Gumbel noise (appendix B.2).
+    """
+    return alpha_p * torch.clamp(keep_ratio, min=p) - alpha_q * torch.clamp(keep_ratio, max=q)
+
+
+class SelectionObjective:
+    """Reconstruction of features and image plus the keep-ratio penalty.
+
+    ``dist`` is the mean squared error: the squared l2 distance averaged over elements, so the
+    balance against the alpha-weighted penalty does not move with L, C or the image size.
+
+    Args:
+        p: Upper edge of the keep-ratio band.
+        q: Lower edge of the keep-ratio band.
+        alpha_p: Weight of the upper edge (alpha_1).
+        alpha_q: Weight of the lower edge (alpha_2).
+        regularizer: ``band`` (eq. 8) or ``linear`` (``alpha_p * L_pr``, the B.1 ablation).
+        image_weight: Weight of the image term (1 in the paper).
+    """
+
+    def __init__(
+        self,
+        p: float = 0.6,
+        q: float = 0.1,
+        alpha_p: float = 0.1,
+        alpha_q: float = 0.1,
+        regularizer: Regularizer = "band",
+        image_weight: float = 1.0,
+    ) -> None:
+        if not 0.0 <= q <= p <= 1.0:
+            raise ValueError(f"the keep band needs 0 <= q <= p <= 1, got q={q}, p={p}")
+        self.p, self.q = p, q
+        self.alpha_p, self.alpha_q = alpha_p, alpha_q
+        self.regularizer = regularizer
+        self.image_weight = image_weight
+
+    def penalty(self, keep_ratio: torch.Tensor) -> torch.Tensor:
+        if self.regularizer == "linear":
+            return self.alpha_p * keep_ratio
+        return band_penalty(keep_ratio, self.p, self.q, self.alpha_p, self.alpha_q)
+
+    def __call__(
+        self,
+        feats_rec: torch.Tensor,  # (B, L, C)
+        feats: torch.Tensor,  # (B, L, C) normalised target
+        image_rec: torch.Tensor,  # (B, 3, S, S)
+        image: torch.Tensor,  # (B, 3, S, S)
+        mask: torch.Tensor,  # (B, L)
+    ) -> LossTerms:
+        feature = F.mse_loss(feats_rec.float(), feats.float())
+        image_term = F.mse_loss(image_rec.float(), image.float())
+        keep_ratio = mask.float().mean()
+        regularizer = self.penalty(keep_ratio)
+        total = feature + self.image_weight * image_term + regularizer
+        return LossTerms(total, feature, image_term, keep_ratio, regularizer)
