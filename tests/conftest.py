@@ -1,0 +1,63 @@
+"""Shared fixtures: real tiny feature shards on disk, written as `vtsel extract` writes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from vtsel.data.format import SHARD_PATTERN, SampleMeta, encode_sample, write_sizes
+
+MakeShards = Callable[..., Path]
+
+
+def write_feature_shards(
+    directory: Path,
+    num_samples: int,
+    feature_dim: int = 32,
+    grid: tuple[int, int] = (4, 4),
+    image_size: int = 32,
+    samples_per_shard: int = 4,
+    encoder: str = "test-encoder",
+    seed: int = 0,
+) -> Path:
+    """Write ``num_samples`` random samples as ``shard-%06d.tar`` files plus ``sizes.json``.
+
+    Features are standard normal so no two samples are alike (a test that mixes samples up or
+    repeats one can tell); the last shard holds the remainder, so shard sizes can be uneven.
+    Returns ``directory`` so a call can be passed straight to a DataModule.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = grid
+    sizes: dict[str, int] = {}
+    with wds.ShardWriter(
+        str(directory / SHARD_PATTERN), maxcount=samples_per_shard, verbose=0
+    ) as writer:
+        for index in range(num_samples):
+            feats = rng.standard_normal((h * w, feature_dim)).astype(np.float32)  # (L, C)
+            pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+            meta = SampleMeta(
+                encoder=encoder,
+                layer=-2,
+                grid=grid,
+                feature_dim=feature_dim,
+                crop_index=0,
+                crop_box=(0, 0, image_size, image_size),
+                source_key=f"img{seed:03d}_{index:05d}",
+            )
+            writer.write(encode_sample(feats, Image.fromarray(pixels, "RGB"), meta))
+            shard_name = Path(writer.fname).name  # the tar this sample just went into
+            sizes[shard_name] = sizes.get(shard_name, 0) + 1
+    write_sizes(directory, sizes)
+    return directory
+
+
+@pytest.fixture
+def make_shards() -> MakeShards:
+    """The shard writer as a fixture: ``make_shards(tmp_path / "train", num_samples=10)``."""
+    return write_feature_shards

@@ -1,0 +1,119 @@
+"""The real `vtsel` CLI on real tiny shards: fit, read TensorBoard back, validate, init_from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import MakeShards
+from vtsel.cli import main
+
+TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
+LOSS_TAGS = {
+    "train/loss",
+    "train/feature_loss",
+    "train/image_loss",
+    "train/keep_ratio",
+    "train/regularizer",
+}
+
+
+def fit(config: Path, shards: Path, runs: Path, *extra: str) -> Path:
+    """Run ``vtsel fit`` and return the run's log folder."""
+    main(
+        [
+            "fit",
+            "--config", str(config),
+            "--data.train_shards", str(shards / "train"),
+            "--data.val_shards", str(shards / "val"),
+            "--trainer.logger.init_args.save_dir", str(runs),
+            "--trainer.enable_progress_bar", "false",
+            *extra,
+        ]
+    )
+    (run,) = [p for p in runs.glob("*/version_*") if p.is_dir()]
+    return run
+
+
+@pytest.fixture
+def shards(tmp_path: Path, make_shards: MakeShards) -> Path:
+    make_shards(tmp_path / "shards" / "train", num_samples=24, seed=0)
+    make_shards(tmp_path / "shards" / "val", num_samples=8, seed=1)
+    return tmp_path / "shards"
+
+
+def scalar_tags(run: Path) -> set[str]:
+    (event_file,) = run.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("config", TWINS, ids=[c.stem for c in TWINS])
+def test_fit_writes_checkpoints_and_every_metric_to_tensorboard(
+    config: Path, shards: Path, tmp_path: Path
+) -> None:
+    run = fit(config, shards, tmp_path / "runs")
+    tags = scalar_tags(run)
+    assert tags >= LOSS_TAGS | {"val/loss", "val/keep_ratio"}
+    for budget in ("selector@25", "random@25", "selector@10", "random@50"):
+        assert tags >= {f"val/{m}/{budget}" for m in ("feat_mse", "feat_cos", "image_psnr")}
+    assert any(tag.startswith("lr-") for tag in tags)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+
+
+def test_validate_reloads_the_best_checkpoint(shards: Path, tmp_path: Path) -> None:
+    config = TWINS[0]
+    run = fit(config, shards, tmp_path / "runs")
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    main(
+        [
+            "validate",
+            "--config", str(config),
+            "--data.val_shards", str(shards / "val"),
+            "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path),  # where the resolved config goes
+            "--ckpt_path", str(best),
+        ]
+    )
+
+
+def test_init_from_takes_weights_and_nothing_else(shards: Path, tmp_path: Path) -> None:
+    config = TWINS[0]
+    first = fit(config, shards, tmp_path / "first", "--trainer.max_epochs", "1")
+    source = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    second = fit(
+        config, shards, tmp_path / "second",
+        "--trainer.max_steps", "1",
+        "--model.lr", "0.0",  # no update: the weights must be the source's exactly
+        "--model.init_from", str(first / "checkpoints" / "last.ckpt"),
+    )
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 1  # a fresh fit, not a resumed one
+    assert resumed["hyper_parameters"]["lr"] == 0.0  # this fit's own settings
+    assert "init_from" not in resumed["hyper_parameters"]
+    for key, value in source["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
+def test_init_from_refuses_another_version_and_another_width(
+    shards: Path, tmp_path: Path
+) -> None:
+    config = TWINS[0]
+    run = fit(config, shards, tmp_path / "runs", "--trainer.max_epochs", "1")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["vtsel_version"] = "99.0.0"
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    with pytest.raises(ValueError, match=r"vtsel 99\.0\.0"):
+        fit(config, shards, tmp_path / "a", "--model.init_from", str(old))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        fit(
+            config, shards, tmp_path / "b",
+            "--model.dim", "16",
+            "--model.init_from", str(run / "checkpoints" / "last.ckpt"),
+        )

@@ -1,0 +1,60 @@
+"""Reading vtsel checkpoints safely: version check and weights-only initialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vtsel import __version__
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
+
+
+def check_compatible(checkpoint: dict[str, Any], source: str) -> None:
+    """Refuse a checkpoint written by another major version of vtsel (or not by vtsel)."""
+    written_by = checkpoint.get("vtsel_version")
+    if written_by is None:
+        raise ValueError(
+            f"{source} carries no vtsel_version: it was not written by vtsel's trainer"
+        )
+    if _major(str(written_by)) != _major(__version__):
+        raise ValueError(
+            f"{source} was written by vtsel {written_by}, this is vtsel {__version__}: "
+            f"the weight layout differs between major versions; retrain or use vtsel "
+            f"{_major(str(written_by))}.x"
+        )
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Copy the weights of a vtsel checkpoint into ``module``, and nothing else.
+
+    No optimizer, step, schedule or hyperparameters are taken: this starts a new fit (the next
+    training stage) from trained weights. Every tensor must match by name and shape, so a
+    checkpoint of another width or encoder is refused instead of half-loaded.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    check_compatible(checkpoint, source=f"init_from checkpoint {path}")
+    state = checkpoint["state_dict"]
+    own = module.state_dict()
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if mismatched or missing or unexpected:
+        raise ValueError(
+            f"init_from checkpoint {path} does not fit this model "
+            f"(was it trained for another encoder or width?); "
+            f"shape mismatches: {mismatched[:5]}, missing: {missing[:5]}, "
+            f"unexpected: {unexpected[:5]}"
+        )
+    module.load_state_dict(state)

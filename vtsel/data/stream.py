@@ -1,0 +1,189 @@
+"""WebDataset pipelines that turn feature shards into training and validation batches.
+
+A batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1], "key": [B]}``.
+The DataModule decides how many batches each worker makes; this module only builds the streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from vtsel.data.format import CorruptSampleError, check_contract, decode_sample
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What every sample must look like to feed the configured model."""
+
+    feature_dim: int
+    grid_size: tuple[int, int]
+    image_size: int
+    encoder: str | None
+
+
+class CorruptionBudget:
+    """Skips corrupt samples and unreadable tars, but stops a run whose data is rotten.
+
+    One budget lives in each DataLoader worker (the pipeline is copied into every worker), and its
+    count restarts with each epoch: a long run must not die because the same few bad samples come
+    round again every epoch.
+    """
+
+    def __init__(self, max_corrupt: int) -> None:
+        self.max_corrupt = max_corrupt
+        self.count = 0
+        self.current_url = "?"  # the tar being read: WebDataset's errors do not reliably name it
+        self.current_url_failed = False
+
+    def track_shards(self, shards: Iterable[Sample]) -> Iterator[Sample]:
+        """Pipeline stage in front of the tar reader: one call per epoch, shards pass through.
+
+        The tar reader asks for the next shard only after finishing the last, so the URL seen
+        last here is the one a tar-reading error belongs to.
+        """
+        self.count = 0
+        for shard in shards:
+            self.current_url, self.current_url_failed = shard["url"], False
+            yield shard
+
+    def skip_tar_error(self, exn: Exception) -> bool:
+        """WebDataset exception handler: count a broken tar once, then go on to the next one.
+
+        One truncated tar raises twice (reading the member, then at the shard level); only the
+        first says anything new.
+        """
+        if not self.current_url_failed:
+            self.current_url_failed = True
+            message = exn.args[0] if exn.args else ""
+            self.record(self.current_url, "the rest of the tar", f"{type(exn).__name__}: {message}")
+        return True
+
+    def record(self, url: str, what: str, reason: object) -> None:
+        """Count one skipped piece of data; past ``max_corrupt``, stop the run."""
+        self.count += 1
+        if self.count > self.max_corrupt:
+            raise RuntimeError(
+                f"more than max_corrupt={self.max_corrupt} corrupt samples in one worker this "
+                f"epoch; the last: {what} in {url}: {reason}"
+            )
+        log.warning(
+            "skipping %s in %s (%d/%d): %s", what, url, self.count, self.max_corrupt, reason
+        )
+
+
+def split_by_rank(shards: Iterable[Sample], rank: int, world_size: int) -> Iterator[Sample]:
+    """``wds.split_by_node`` with the rank given, not detected.
+
+    ``wds.split_by_node`` reads RANK/WORLD_SIZE from the environment or torch.distributed, which
+    need not agree with the Lightning trainer (and is not initialised in spawned workers). The
+    batch counts are computed from the trainer's rank and world, so the split must use them too.
+    """
+    yield from islice(shards, rank, None, world_size)
+
+
+def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
+    """RGB image -> (3, S, S) float32 in [0, 1], resized if it was stored at another size."""
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+
+def decode_and_check(
+    raw_samples: Iterable[Sample], spec: SampleSpec, budget: CorruptionBudget
+) -> Iterator[Sample]:
+    """Raw tar members -> tensors; skip corrupt samples, stop at once on a contract breach."""
+    for raw in raw_samples:
+        url, key = raw.get("__url__", "?"), raw.get("__key__", "?")
+        try:
+            sample = decode_sample(raw)
+        except CorruptSampleError as err:
+            budget.record(url, f"sample {key!r}", err)
+            continue
+        check_contract(sample, f"sample {key!r} in {url}", spec.feature_dim, spec.grid_size,
+                       spec.encoder)
+        yield {
+            "feats": torch.from_numpy(sample.feats),  # (L, C)
+            "image": image_to_tensor(sample.image, spec.image_size),  # (3, S, S)
+            "key": key,
+        }
+
+
+def collate(samples: list[Sample]) -> Sample:
+    return {
+        "feats": torch.stack([s["feats"] for s in samples]),  # (B, L, C)
+        "image": torch.stack([s["image"] for s in samples]),  # (B, 3, S, S)
+        "key": [s["key"] for s in samples],
+    }
+
+
+def _read_tars(budget: CorruptionBudget) -> list[Any]:
+    """Shard dicts -> raw samples, unreadable tars counted against ``budget``."""
+    return [budget.track_shards, wds.tarfile_to_samples(handler=budget.skip_tar_error)]
+
+
+def train_stream(
+    urls: list[str],
+    spec: SampleSpec,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    batches_per_worker: int,
+    shuffle_buffer: int,
+    max_corrupt: int,
+    seed: int,
+) -> wds.DataPipeline:
+    """An endless stream per worker, cut to ``batches_per_worker`` full batches per epoch.
+
+    Endless so that every worker of every rank yields the same number of batches whatever its
+    shards hold (unequal batch counts hang DDP). The shard order is reshuffled on each pass with
+    the same seed on every rank, so the ranks' shares stay disjoint within a pass.
+    """
+    shard_passes = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed),
+        partial(split_by_rank, rank=rank, world_size=world_size),
+        wds.split_by_worker,
+    ).repeat()
+    budget = CorruptionBudget(max_corrupt)
+    return wds.DataPipeline(
+        shard_passes,
+        *_read_tars(budget),
+        # raw bytes are shuffled, not decoded tensors: a buffer of them takes far less memory.
+        # Per-rank seed: ranks read different samples, so they need not shuffle in lockstep.
+        wds.shuffle(shuffle_buffer, rng=random.Random(seed * 1_000_003 + rank)),
+        partial(decode_and_check, spec=spec, budget=budget),
+        wds.batched(batch_size, partial=False, collation_fn=collate),
+    ).with_epoch(batches_per_worker)
+
+
+def val_stream(
+    urls: list[str], spec: SampleSpec, *, rank: int, world_size: int, batch_size: int,
+    max_corrupt: int,
+) -> wds.DataPipeline:
+    """Each of this rank's samples once, in shard order, keeping the last partial batch."""
+    budget = CorruptionBudget(max_corrupt)
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        partial(split_by_rank, rank=rank, world_size=world_size),
+        wds.split_by_worker,
+        *_read_tars(budget),
+        partial(decode_and_check, spec=spec, budget=budget),
+        wds.batched(batch_size, partial=True, collation_fn=collate),
+    )
