@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtsel.demo_data import write_demo_images
+from vtsel.demo import write_demo_images
 
 SMALL = {"num_documents": 3, "num_charts": 4, "crops_per_photo": 1, "seed": 7}
 

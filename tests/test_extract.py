@@ -17,9 +17,10 @@ import webdataset as wds
 from PIL import Image
 
 from vtsel.data.format import decode_sample
-from vtsel.demo_data import write_demo_images
-from vtsel.extract import OpenClipEncoder, extract, to_rgb
+from vtsel.demo import write_demo_images
+from vtsel.extract import OpenClipEncoder, extract
 from vtsel.extract.encoders import RANDOM_INIT_SEED
+from vtsel.images import to_rgb
 
 EXPECTED_ENCODER = "open_clip:ViT-S-16:random:layer-2"
 # Inputs that must be skipped, and the keys of those that must be converted and kept.

@@ -15,7 +15,7 @@ from vtsel.module import SelectorModule
 
 def _tools() -> dict[str, Callable[..., Any]]:
     """Subcommands that are not a Trainer method; imported lazily so ``fit`` starts fast."""
-    from vtsel.demo_data import write_demo_images
+    from vtsel.demo import write_demo_images
     from vtsel.extract.run import extract
 
     return {"extract": extract, "demo-data": write_demo_images}

@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEMO := data/demo
+
+.PHONY: install demo test test-slow lint clean-demo
+
+# The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+# Each step leaves a file behind, so a killed `make demo` resumes where it stopped.
+$(DEMO)/images/.done: $(INSTALLED)
+	$(BIN)/vtsel demo-data --out $(DEMO)/images
+	touch $@
+
+$(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done conf/extract/demo.yaml
+	$(BIN)/vtsel extract --config conf/extract/demo.yaml
+
+demo: $(DEMO)/shards/train/sizes.json
+	$(BIN)/vtsel fit --config conf/demo.yaml
+	@run=$$(ls -td runs/demo/version_* | head -n 1); \
+	echo; echo "checkpoints: $$run/checkpoints/ ($$(ls $$run/checkpoints | tr '\n' ' '))"; \
+	echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
+
+test: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+# Tests marked slow (2-process DDP and other long runs), kept out of `make test`.
+test-slow: $(INSTALLED)
+	$(BIN)/pytest -m slow
+
+clean-demo:
+	rm -rf $(DEMO) runs/demo
