@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import MakeShards
 from vtsel.cli import main
+from vtsel.data.format import FeatureContractError
 
 TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
 LOSS_TAGS = {
@@ -117,3 +118,10 @@ def test_init_from_refuses_another_version_and_another_width(
             "--model.dim", "16",
             "--model.init_from", str(run / "checkpoints" / "last.ckpt"),
         )
+
+
+def test_shards_of_another_width_stop_the_fit_naming_the_shard(
+    shards: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(FeatureContractError, match=r"shard-000000\.tar.*32 wide.*feature_dim=48"):
+        fit(TWINS[0], shards, tmp_path / "runs", "--data.feature_dim", "48")

@@ -19,9 +19,9 @@ from vtsel.demo.text import Box
 
 def write_demo_images(
     out: str,
-    num_documents: int = 48,
-    num_charts: int = 48,
-    crops_per_photo: int = 3,
+    num_documents: int = 150,
+    num_charts: int = 150,
+    crops_per_photo: int = 8,
     seed: int = 0,
 ) -> dict[str, int]:
     """Write the demo image set into a folder, replacing files of the same names.
