@@ -1,7 +1,11 @@
-"""Reading vtsel checkpoints safely: version check and weights-only initialisation."""
+"""Reading vtsel checkpoints safely: version check and weights-only initialisation.
+
+Torch and vtsel only (no Lightning): the exporter and the inference loader use it too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +19,39 @@ def _major(version: str) -> str:
     return version.split(".")[0]
 
 
-def check_compatible(checkpoint: dict[str, Any], source: str) -> None:
-    """Refuse a checkpoint written by another major version of vtsel (or not by vtsel)."""
-    written_by = checkpoint.get("vtsel_version")
+def check_compatible(written: Mapping[str, Any], source: str) -> None:
+    """Refuse a checkpoint or exported config written by another major version of vtsel.
+
+    Args:
+        written: The checkpoint dict or the exported ``config.json``; both carry
+            ``vtsel_version``.
+        source: What ``written`` is and where it came from, named in the error.
+    """
+    written_by = written.get("vtsel_version")
     if written_by is None:
-        raise ValueError(
-            f"{source} carries no vtsel_version: it was not written by vtsel's trainer"
-        )
+        raise ValueError(f"{source} carries no vtsel_version: it was not written by vtsel")
     if _major(str(written_by)) != _major(__version__):
         raise ValueError(
             f"{source} was written by vtsel {written_by}, this is vtsel {__version__}: "
             f"the weight layout differs between major versions; retrain or use vtsel "
             f"{_major(str(written_by))}.x"
         )
+
+
+def read_checkpoint(path: Path, role: str) -> dict[str, Any]:
+    """Load a vtsel checkpoint as plain tensors and containers, and check its version.
+
+    ``weights_only`` unpickles no code, so a checkpoint from elsewhere cannot run anything.
+
+    Args:
+        path: The ``.ckpt`` file.
+        role: What the checkpoint is for (``init_from checkpoint``), named in errors.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no {role} at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    check_compatible(checkpoint, source=f"{role} {path}")
+    return checkpoint
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -37,11 +61,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     training stage) from trained weights. Every tensor must match by name and shape, so a
     checkpoint of another width or encoder is refused instead of half-loaded.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    check_compatible(checkpoint, source=f"init_from checkpoint {path}")
-    state = checkpoint["state_dict"]
+    state = read_checkpoint(path, role="init_from checkpoint")["state_dict"]
     own = module.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

@@ -16,16 +16,18 @@ from vtsel.module import SelectorModule
 def _tools() -> dict[str, Callable[..., Any]]:
     """Subcommands that are not a Trainer method; imported lazily so ``fit`` starts fast."""
     from vtsel.demo import write_demo_images
+    from vtsel.export import export
     from vtsel.extract.run import extract
 
-    return {"extract": extract, "demo-data": write_demo_images}
+    return {"extract": extract, "demo-data": write_demo_images, "export": export}
 
 
-TOOL_NAMES = ("extract", "demo-data")
+TOOL_NAMES = ("extract", "demo-data", "export")
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
     "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
-    "feature shards (each has --help)."
+    "feature shards, `vtsel export` writes a trained selector for inference without "
+    "Lightning (each has --help)."
 )
 
 

@@ -1,0 +1,177 @@
+"""`vtsel export` of a really fitted model, reloaded by TokenSelector without Lightning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_feature_shards
+from tests.test_cli import TWINS, fit
+from vtsel.cli import main
+from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
+from vtsel.models.selector import tokens_for_ratio
+from vtsel.module import SelectorModule
+
+CROPS, TOKENS, WIDTH = 3, 16, 32  # tests/conf/demo.yaml: 4x4 grid of 32-wide tokens
+
+
+@dataclass(frozen=True)
+class Exported:
+    checkpoint: Path  # the fit's last.ckpt
+    directory: Path  # what `vtsel export` wrote from it
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """One real two-step fit and its export, shared by every test here to stay fast."""
+    root = tmp_path_factory.mktemp("export")
+    write_feature_shards(root / "shards" / "train", num_samples=24, seed=0)
+    write_feature_shards(root / "shards" / "val", num_samples=8, seed=1)
+    run = fit(TWINS[0], root / "shards", root / "runs", "--trainer.max_steps", "2")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "selector")])
+    return Exported(checkpoint, root / "selector")
+
+
+@pytest.fixture(scope="module")
+def trained(exported: Exported) -> SelectorModule:
+    return SelectorModule.load_from_checkpoint(exported.checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def token_selector(exported: Exported) -> TokenSelector:
+    return TokenSelector.from_pretrained(exported.directory)
+
+
+@pytest.fixture
+def features() -> torch.Tensor:
+    return torch.randn(CROPS, TOKENS, WIDTH, generator=torch.Generator().manual_seed(0))
+
+
+def test_scores_equal_the_trained_selector_exactly(
+    token_selector: TokenSelector, trained: SelectorModule, features: torch.Tensor
+) -> None:
+    with torch.no_grad():
+        expected = trained.selector.scores(features)  # (B, L)
+        expected_one = trained.selector.scores(features[:1])[0]  # (L,)
+    assert torch.equal(token_selector.scores(features), expected)
+    assert torch.equal(token_selector.scores(features[0]), expected_one)
+
+
+def test_select_keep_is_the_top_k_in_spatial_order_with_its_features(
+    token_selector: TokenSelector, trained: SelectorModule, features: torch.Tensor
+) -> None:
+    with torch.no_grad():
+        keep_logits = trained.selector.scores(features)  # (B, L)
+    budget = tokens_for_ratio(TOKENS, 0.25)
+    expected_idx = keep_logits.topk(budget, dim=-1).indices.sort(dim=-1).values  # (B, k)
+    selected = token_selector.select(features, keep=0.25)
+    assert selected.indices.dtype == torch.long
+    assert torch.equal(selected.indices, expected_idx)
+    gathered = features.gather(1, expected_idx[..., None].expand(-1, -1, WIDTH))  # (B, k, C)
+    assert torch.equal(selected.features, gathered)
+    one = token_selector.select(features[0], keep=0.25)  # unbatched in, unbatched out
+    assert one.indices.shape == (budget,) and one.features.shape == (budget, WIDTH)
+
+
+def assert_gathered_in_spatial_order(selected: Selected, features: torch.Tensor) -> None:
+    """Each crop's indices ascend and its kept features are the input's at those indices."""
+    for row, (idx, kept) in enumerate(zip(selected.indices, selected.features, strict=True)):
+        assert torch.equal(idx, idx.sort().values)
+        assert torch.equal(kept, features[row, idx])
+
+
+def test_k_and_threshold_budgets(token_selector: TokenSelector, features: torch.Tensor) -> None:
+    keep_logits = token_selector.scores(features)  # (B, L)
+    assert token_selector.select(features, k=5).indices.shape == (CROPS, 5)
+    threshold = keep_logits.median().item()
+    by_threshold = token_selector.select(features, threshold=threshold)
+    for row, idx in enumerate(by_threshold.indices):
+        assert torch.equal(idx, (keep_logits[row] > threshold).nonzero().squeeze(-1))
+    assert_gathered_in_spatial_order(by_threshold, features)
+    with pytest.raises(ValueError, match="exactly one of keep, k, threshold"):
+        token_selector.select(features, keep=0.25, k=4)
+
+
+def test_per_image_spends_one_budget_over_all_crops(
+    token_selector: TokenSelector, features: torch.Tensor
+) -> None:
+    keep_logits = token_selector.scores(features)  # (B, L)
+    budget = tokens_for_ratio(CROPS * TOKENS, 0.25)
+    joint = token_selector.select(features, keep=0.25, per_image=True)
+    assert sum(len(idx) for idx in joint.indices) == budget
+    kept_logits = torch.cat([keep_logits[row, idx] for row, idx in enumerate(joint.indices)])
+    best_logits = keep_logits.flatten().topk(budget).values  # (k,) over all crops jointly
+    assert torch.equal(kept_logits.sort().values, best_logits.sort().values)
+    assert_gathered_in_spatial_order(joint, features)
+    by_count = token_selector.select(features, k=7, per_image=True)
+    assert sum(len(idx) for idx in by_count.indices) == 7
+
+
+def test_features_of_another_shape_are_refused_naming_both_shapes(
+    token_selector: TokenSelector,
+) -> None:
+    with pytest.raises(ValueError, match=r"\(3, 16, 48\).*\(B, 16, 32\)"):
+        token_selector.scores(torch.zeros(CROPS, TOKENS, 48))
+    with pytest.raises(ValueError, match=r"\(3, 9, 32\).*\(B, 16, 32\)"):
+        token_selector.select(torch.zeros(CROPS, 9, WIDTH), keep=0.5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("vtsel_version", "99.0.0", r"vtsel 99\.0\.0"), ("format", "other", "not 'vtsel-selector'")],
+)
+def test_another_major_version_or_format_is_refused_naming_the_file(
+    exported: Exported, tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    copy = shutil.copytree(exported.directory, tmp_path / "copy")
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    (copy / CONFIG_FILE).write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=rf"{copy / CONFIG_FILE}.*{message}"):
+        TokenSelector.from_pretrained(copy)
+
+
+def test_loading_an_export_imports_no_lightning(exported: Exported) -> None:
+    script = (
+        "import sys\n"
+        "def lightning(): return sorted(m for m in sys.modules if 'lightning' in m)\n"
+        "import vtsel\n"
+        "assert not lightning(), lightning()\n"
+        "from vtsel.inference import TokenSelector\n"
+        f"TokenSelector.from_pretrained({str(exported.directory)!r})\n"
+        "assert vtsel.TokenSelector is TokenSelector\n"
+        "assert not lightning(), lightning()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_export_holds_the_selector_weights_only_and_the_input_contract(
+    exported: Exported, trained: SelectorModule, tmp_path: Path
+) -> None:
+    weights = load_file(exported.directory / WEIGHTS_FILE)
+    selector_state = trained.selector.state_dict()
+    assert weights.keys() == selector_state.keys()
+    for key, tensor in selector_state.items():
+        assert torch.equal(weights[key], tensor), key
+    config = json.loads((exported.directory / CONFIG_FILE).read_text())
+    assert config["format"] == "vtsel-selector"
+    assert config["encoder"] == "test-encoder"  # from the checkpoint's datamodule hparams
+    assert (config["feature_dim"], config["grid_size"], config["depth"]) == (WIDTH, [4, 4], 4)
+    with pytest.raises(ValueError, match="'test-encoder', not 'other-encoder'"):
+        main(
+            [
+                "export",
+                "--checkpoint", str(exported.checkpoint),
+                "--out", str(tmp_path / "other"),
+                "--encoder", "other-encoder",
+            ]
+        )

@@ -1,0 +1,81 @@
+"""``vtsel export``: a trained selector as safetensors + config.json, for code without Lightning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from vtsel import __version__
+from vtsel.checkpoints import read_checkpoint
+from vtsel.inference import CONFIG_FILE, EXPORT_FORMAT, NORMALISATION, WEIGHTS_FILE
+
+SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
+
+
+def export(checkpoint: str, out: str, encoder: str | None = None) -> None:
+    """Write a trained selector to ``<out>/model.safetensors`` and ``<out>/config.json``.
+
+    Only the selector is written: the reconstructors exist to train it and play no part in
+    picking tokens. config.json holds the input contract (encoder, grid, width, normalisation)
+    and the architecture, so ``vtsel.TokenSelector.from_pretrained(out)`` rebuilds the selector
+    with torch and safetensors alone.
+
+    Args:
+        checkpoint: A vtsel checkpoint, e.g. a fit's ``best-*.ckpt`` or ``last.ckpt``.
+        out: Output folder, created if missing; an earlier export there is replaced.
+        encoder: Encoder name to record when the checkpoint carries none (a fit with
+            ``--data.encoder`` stores it, and then a different name here is refused).
+    """
+    source = Path(checkpoint)
+    trained = read_checkpoint(source, role="checkpoint to export")
+    config = _selector_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
+    weights = _selector_weights(trained["state_dict"], source)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    print(f"exported the selector of {source} to {out_dir}")
+
+
+def _encoder(trained: dict[str, Any], requested: str | None, source: Path) -> str | None:
+    """The encoder the features must come from: the checkpoint's, else ``requested``."""
+    trained_on = trained.get("datamodule_hyper_parameters", {}).get("encoder")
+    if trained_on is not None and requested is not None and requested != trained_on:
+        raise ValueError(
+            f"{source} was trained on features of encoder {trained_on!r}, not {requested!r}; "
+            f"leave --encoder out to record {trained_on!r}"
+        )
+    return trained_on if trained_on is not None else requested
+
+
+def _selector_config(hparams: dict[str, Any], encoder: str | None) -> dict[str, Any]:
+    """config.json: the selector's input contract and architecture from the fit's hparams."""
+    return {
+        "vtsel_version": __version__,
+        "format": EXPORT_FORMAT,
+        "feature_dim": int(hparams["feature_dim"]),
+        "grid_size": [int(side) for side in hparams["grid_size"]],
+        "dim": int(hparams["dim"]),
+        "depth": int(hparams["selector_depth"]),
+        "num_heads": int(hparams["num_heads"]),
+        "tau": float(hparams["tau"]),
+        "estimator": hparams["estimator"],
+        "normalisation": NORMALISATION,
+        "encoder": encoder,
+    }
+
+
+def _selector_weights(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The selector's tensors of a module state dict, keys without the ``selector.`` prefix."""
+    weights = {
+        key.removeprefix(SELECTOR_PREFIX): tensor.contiguous()  # safetensors needs contiguous
+        for key, tensor in state.items()
+        if key.startswith(SELECTOR_PREFIX)
+    }
+    if not weights:
+        raise ValueError(f"{source} holds no {SELECTOR_PREFIX}* weights: not a vtsel selector")
+    return weights

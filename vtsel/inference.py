@@ -1,0 +1,180 @@
+"""Pick tokens with an exported selector: torch, safetensors and ``vtsel.models`` only.
+
+Inference code (a VLM's serving stack) loads the folder ``vtsel export`` writes and calls
+``select`` on raw encoder features; nothing here imports Lightning or the training code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vtsel.checkpoints import check_compatible
+from vtsel.models import FeatureSelector, topk_mask
+from vtsel.models.selector import tokens_for_ratio
+
+EXPORT_FORMAT = "vtsel-selector"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALISATION = "per-token layernorm (no affine)"  # what FeatureSelector.normalize does
+
+
+@dataclass
+class Selected:
+    """The kept tokens of a batch, in spatial (row-major grid) order.
+
+    With ``keep`` or ``k`` every crop keeps the same number of tokens, so both fields are
+    tensors: ``indices`` (B, k) long and ``features`` (B, k, C). With ``threshold`` or
+    ``per_image`` the number varies per crop, so both are lists of B tensors: ``indices[i]``
+    (k_i,) and ``features[i]`` (k_i, C). Unbatched input (L, C) gives crop 0's entry alone:
+    ``indices`` (k,), ``features`` (k, C).
+    """
+
+    indices: torch.Tensor | list[torch.Tensor]  # positions in the H*W grid, ascending
+    features: torch.Tensor | list[torch.Tensor]  # the input's raw features at those positions
+
+
+class TokenSelector(nn.Module):
+    """A trained Feature Selector with its input contract, for use outside training.
+
+    Build it with ``from_pretrained``; move it with ``.to(device)`` like any ``nn.Module``.
+    Features go in raw, exactly as the encoder named in ``config["encoder"]`` produced them;
+    the per-token normalisation the selector was trained with is applied inside.
+
+    Args:
+        selector: The trained selector, weights loaded.
+        config: The export's ``config.json`` (input contract and architecture).
+    """
+
+    def __init__(self, selector: FeatureSelector, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.selector = selector.eval()
+        self.config = config
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> TokenSelector:
+        """Load a folder written by ``vtsel export`` (``config.json`` + ``model.safetensors``).
+
+        Raises:
+            ValueError: The config is of another format or major vtsel version, or the weights
+                do not fit the architecture it describes.
+        """
+        config_path = Path(directory) / CONFIG_FILE
+        config = json.loads(config_path.read_text())
+        if config.get("format") != EXPORT_FORMAT:
+            raise ValueError(
+                f"{config_path} has format {config.get('format')!r}, not {EXPORT_FORMAT!r}: "
+                f"it is not a selector written by `vtsel export`"
+            )
+        check_compatible(config, source=str(config_path))
+        selector = FeatureSelector(
+            feature_dim=config["feature_dim"],
+            grid_size=tuple(config["grid_size"]),
+            dim=config["dim"],
+            depth=config["depth"],
+            num_heads=config["num_heads"],
+            tau=config["tau"],
+            estimator=config["estimator"],
+        )
+        weights_path = config_path.with_name(WEIGHTS_FILE)
+        try:
+            selector.load_state_dict(load_file(weights_path))  # strict: every key and shape
+        except RuntimeError as err:
+            raise ValueError(f"{weights_path} does not fit {config_path}: {err}") from err
+        return cls(selector, config)
+
+    def _as_batch(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) or (L, C) features as (B, L, C), after checking L and C fit the selector."""
+        height, width = self.selector.grid_size
+        num_tokens, feature_dim = height * width, self.selector.feature_dim
+        if features.dim() not in (2, 3) or features.shape[-2:] != (num_tokens, feature_dim):
+            raise ValueError(
+                f"features of shape {tuple(features.shape)} do not fit this selector, which "
+                f"takes (B, {num_tokens}, {feature_dim}) or ({num_tokens}, {feature_dim}): a "
+                f"{height}x{width} grid of {feature_dim}-wide tokens from encoder "
+                f"{self.config.get('encoder')}"
+            )
+        return features if features.dim() == 3 else features.unsqueeze(0)
+
+    @torch.no_grad()
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Keep logits of raw features: (B, L, C) -> (B, L), or (L, C) -> (L,). Higher = keep.
+
+        Features are cast to the selector's dtype for scoring (encoders often run in half
+        precision); the logits rank tokens, and ``> 0`` is the selector's own keep decision.
+        """
+        batched = self._as_batch(features)  # (B, L, C)
+        weight_dtype = self.selector.mask_embedding.dtype
+        keep_logits = self.selector.scores(batched.to(weight_dtype))  # (B, L)
+        return keep_logits if features.dim() == 3 else keep_logits[0]
+
+    def select(
+        self,
+        features: torch.Tensor,
+        keep: float | None = None,
+        k: int | None = None,
+        threshold: float | None = None,
+        per_image: bool = False,
+    ) -> Selected:
+        """Keep the highest-scoring tokens of raw features (B, L, C) or (L, C).
+
+        Give exactly one budget. See ``Selected`` for when the result holds tensors or lists.
+
+        Args:
+            features: Raw encoder features, one row per crop.
+            keep: Share of tokens to keep, in (0, 1]; rounded as in training's evaluation
+                (``tokens_for_ratio``), at least one token.
+            k: Number of tokens to keep.
+            threshold: Keep every token whose keep logit exceeds it (0 = the selector's own
+                decision); the number kept then varies per crop.
+            per_image: The B rows are crops of one image: spend one budget (``keep`` of all
+                B*L tokens, or ``k`` in total) across them by their logits, so an informative
+                crop keeps more than a blank one. No effect with ``threshold``.
+        """
+        batched = self._as_batch(features)  # (B, L, C)
+        keep_logits = self.scores(batched)  # (B, L)
+        keep_mask = _keep_mask(keep_logits, keep, k, threshold, per_image)  # (B, L) bool
+        kept_idx = [row.nonzero().squeeze(-1) for row in keep_mask]  # B x (k_i,), ascending
+        kept_feats = [row[idx] for row, idx in zip(batched, kept_idx, strict=True)]  # (k_i, C)
+        if threshold is None and not per_image:
+            selected = Selected(torch.stack(kept_idx), torch.stack(kept_feats))
+        else:
+            selected = Selected(kept_idx, kept_feats)
+        if features.dim() == 3:
+            return selected
+        return Selected(selected.indices[0], selected.features[0])
+
+
+def _keep_mask(
+    keep_logits: torch.Tensor,
+    keep: float | None,
+    k: int | None,
+    threshold: float | None,
+    per_image: bool,
+) -> torch.Tensor:
+    """Boolean keep mask (B, L) for logits (B, L) under exactly one of the three budgets."""
+    given = {"keep": keep, "k": k, "threshold": threshold}
+    if sum(value is not None for value in given.values()) != 1:
+        raise ValueError(f"give exactly one of keep, k, threshold; got {given}")
+    if threshold is not None:
+        return keep_logits > threshold
+    pool = keep_logits.reshape(1, -1) if per_image else keep_logits  # (1, B*L) or (B, L)
+    budget = _budget(pool.shape[-1], keep, k)
+    return topk_mask(pool, budget).reshape(keep_logits.shape).bool()
+
+
+def _budget(num_tokens: int, keep: float | None, k: int | None) -> int:
+    """Tokens to keep out of ``num_tokens`` for a share ``keep`` or a count ``k``."""
+    if k is not None:
+        if not 1 <= k <= num_tokens:
+            raise ValueError(f"k={k} must lie in [1, {num_tokens}], the tokens to choose from")
+        return k
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep={keep} must lie in (0, 1]")
+    return tokens_for_ratio(num_tokens, keep)
