@@ -30,7 +30,7 @@ class SelectorModule(L.LightningModule):
         feature_reconstructor_depth: Layers of the feature reconstructor (paper: 4).
         image_reconstructor_depth: Transformer layers of the image reconstructor (paper: 2).
         image_channels: Channels of the image decoder's first upsampling stage.
-        tau: Gumbel-Softmax temperature.
+        tau: Gumbel-Softmax temperature (the paper gives none; 2 measured best, see README).
         estimator: ``gumbel`` (paper) or ``straight_through`` (appendix B.1 ablation).
         init_keep_ratio: Keep probability of every token at initialisation.
         p: Upper edge of the keep-ratio band.
@@ -60,7 +60,7 @@ class SelectorModule(L.LightningModule):
         feature_reconstructor_depth: int = 4,
         image_reconstructor_depth: int = 2,
         image_channels: int = 256,
-        tau: float = 1.0,
+        tau: float = 2.0,
         estimator: MaskEstimator = "gumbel",
         init_keep_ratio: float = 0.5,
         p: float = 0.6,
