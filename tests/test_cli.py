@@ -67,20 +67,31 @@ def test_fit_writes_checkpoints_and_every_metric_to_tensorboard(
     assert (run / "config.yaml").is_file()
 
 
-def test_validate_reloads_the_best_checkpoint(shards: Path, tmp_path: Path) -> None:
+def test_validate_test_and_predict_reload_the_best_checkpoint(
+    shards: Path, tmp_path: Path
+) -> None:
     config = TWINS[0]
     run = fit(config, shards, tmp_path / "runs")
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
-    main(
-        [
-            "validate",
-            "--config", str(config),
-            "--data.val_shards", str(shards / "val"),
-            "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(tmp_path),  # where the resolved config goes
-            "--ckpt_path", str(best),
-        ]
-    )
+    results = {}
+    for subcommand in ("validate", "test", "predict"):
+        results[subcommand] = main(
+            [
+                subcommand,
+                "--config", str(config),
+                "--data.val_shards", str(shards / "val"),
+                "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path),  # where the resolved config goes
+                "--ckpt_path", str(best),
+            ]
+        )
+    val_mse = results["validate"].trainer.callback_metrics["val/feat_mse/selector@25"]
+    test_mse = results["test"].trainer.callback_metrics["test/feat_mse/selector@25"]
+    assert torch.equal(val_mse, test_mse)  # test defaults to the validation shards
+    predictions = results["predict"].trainer.predict_loop.predictions
+    keys = [key for batch in predictions for key in batch["key"]]
+    assert len(keys) == len(set(keys)) == 8
+    assert all(batch["keep_logits"].shape == (len(batch["key"]), 16) for batch in predictions)
 
 
 def test_init_from_takes_weights_and_nothing_else(shards: Path, tmp_path: Path) -> None:

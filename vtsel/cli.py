@@ -40,19 +40,20 @@ class VtselCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``vtsel`` console script (``args`` for tests)."""
+def main(args: list[str] | None = None) -> LightningCLI | None:
+    """Entry point of the ``vtsel`` console script; ``args`` and the returned CLI (holding the
+    trainer and its metrics) are for tests and notebooks."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in TOOL_NAMES:
         CLI(_tools()[argv[0]], args=argv[1:], as_positional=False)
-        return
-    VtselCLI(
+        return None
+    return VtselCLI(
         SelectorModule,
         FeatureShardDataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself
     )
 
 

@@ -78,12 +78,12 @@ class SelectionMetrics(nn.Module):
         metrics["feat_cos"].update(F.cosine_similarity(feats_rec.float(), feats.float(), dim=-1))
         metrics["image_psnr"].update(image_rec.float().clamp(0, 1), image.float())
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``val/<term>`` and ``val/<metric>/<method>@<percent>`` for the logger."""
-        out = {f"val/{name}": m.compute() for name, m in self.objective.items()}
+    def compute(self, prefix: str = "val") -> dict[str, torch.Tensor]:
+        """``<prefix>/<term>`` and ``<prefix>/<metric>/<method>@<percent>`` for the logger."""
+        out = {f"{prefix}/{name}": m.compute() for name, m in self.objective.items()}
         for budget, metrics in self.reconstruction.items():
             for name, metric in metrics.items():
-                out[f"val/{name}/{budget}"] = metric.compute()
+                out[f"{prefix}/{name}/{budget}"] = metric.compute()
         return out
 
     def reset(self) -> None:

@@ -128,6 +128,7 @@ class SelectorModule(L.LightningModule):
         return terms.total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Objective with the noise-free mask, and reconstruction at fixed budgets."""
         normed = self.selector.normalize(batch["feats"])  # (B, L, C)
         terms, keep_logits = self._objective(normed, batch["image"])
         self.val_metrics.update_objective(terms, batch_size=batch["feats"].shape[0])
@@ -138,9 +139,22 @@ class SelectorModule(L.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
+        self._log_held_out("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_held_out("test")
+
+    def _log_held_out(self, prefix: str) -> None:
         # torchmetrics syncs across ranks inside compute(), so ranks may see unequal batches.
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.log_dict(self.val_metrics.compute(prefix))
         self.val_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Keep logits (B, L) per sample key: the ranking the selector gives at inference."""
+        return {"key": batch["key"], "keep_logits": self.selector.scores(batch["feats"])}
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(

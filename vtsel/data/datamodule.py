@@ -43,6 +43,8 @@ class FeatureShardDataModule(L.LightningDataModule):
             a directory (all its ``*.tar``), an ``https://`` URL or a ``pipe:`` command; join
             several with ``::``. Required to fit.
         val_shards: Validation shards, written like ``train_shards``. Without them, no validation.
+        test_shards: Held-out shards for ``vtsel test`` and ``vtsel predict``; defaults to
+            ``val_shards``.
         feature_dim: Feature width C every sample must have; must match the model's.
         grid_size: Token grid (H, W) every sample must have; L = H*W tokens.
         image_size: Side S of the reconstruction target; stored crops of another size are resized.
@@ -66,6 +68,7 @@ class FeatureShardDataModule(L.LightningDataModule):
         self,
         train_shards: str | None = None,
         val_shards: str | None = None,
+        test_shards: str | None = None,
         feature_dim: int = 1024,
         grid_size: tuple[int, int] = (24, 24),
         image_size: int = 336,
@@ -87,6 +90,7 @@ class FeatureShardDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_shards = train_shards
         self.val_shards = val_shards
+        self.test_shards = test_shards
         self.sample_spec = SampleSpec(feature_dim, tuple(grid_size), image_size, encoder)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -98,6 +102,7 @@ class FeatureShardDataModule(L.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._train_plan: _SplitPlan | None = None
         self._val_plan: _SplitPlan | None = None
+        self._test_plan: _SplitPlan | None = None
 
     def _rank_and_world(self) -> tuple[int, int]:
         """The trainer's view if attached, else torch.distributed's, else torchrun's env, else 1."""
@@ -165,6 +170,11 @@ class FeatureShardDataModule(L.LightningDataModule):
             )
         if stage in ("fit", "validate") and self.val_shards is not None:
             self._val_plan = self._plan_val(load_shard_set(self.val_shards, self.val_num_samples))
+        if stage in ("test", "predict"):
+            spec = self.test_shards or self.val_shards
+            if spec is None:
+                raise ValueError(f"{stage} needs test_shards or val_shards (--data.test_shards)")
+            self._test_plan = self._plan_val(load_shard_set(spec, None))
 
     @property
     def train_batches_per_epoch(self) -> int:
@@ -209,9 +219,22 @@ class FeatureShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> wds.WebLoader | list:
         """This rank's validation batches, or no loader (so no validation) without val_shards."""
-        plan = self._val_plan
+        return [] if self._val_plan is None else self._held_out_loader(self._val_plan)
+
+    def test_dataloader(self) -> wds.WebLoader:
+        return self._held_out_loader(self._require(self._test_plan, "test"))
+
+    def predict_dataloader(self) -> wds.WebLoader:
+        return self._held_out_loader(self._require(self._test_plan, "predict"))
+
+    @staticmethod
+    def _require(plan: _SplitPlan | None, stage: str) -> _SplitPlan:
         if plan is None:
-            return []
+            raise RuntimeError(f"call setup({stage!r}) before {stage}_dataloader()")
+        return plan
+
+    def _held_out_loader(self, plan: _SplitPlan) -> wds.WebLoader:
+        """Every sample of this rank's share once, in shard order."""
         dataset = val_stream(
             plan.shards.urls,
             self.sample_spec,
