@@ -59,7 +59,7 @@ def test_fit_writes_checkpoints_and_every_metric_to_tensorboard(
 ) -> None:
     run = fit(config, shards, tmp_path / "runs")
     tags = scalar_tags(run)
-    assert tags >= LOSS_TAGS | {"val/loss", "val/keep_ratio"}
+    assert tags >= LOSS_TAGS | {"val/loss", "val/keep_ratio", "val/selector_gain@25"}
     for budget in ("selector@25", "random@25", "selector@10", "random@50"):
         assert tags >= {f"val/{m}/{budget}" for m in ("feat_mse", "feat_cos", "image_psnr")}
     assert any(tag.startswith("lr-") for tag in tags)

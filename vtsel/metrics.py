@@ -84,6 +84,13 @@ class SelectionMetrics(nn.Module):
         for budget, metrics in self.reconstruction.items():
             for name, metric in metrics.items():
                 out[f"{prefix}/{name}/{budget}"] = metric.compute()
+        for ratio in self.keep_ratios:
+            selector = out[f"{prefix}/feat_mse/{_budget_name('selector', ratio)}"]
+            random = out[f"{prefix}/feat_mse/{_budget_name('random', ratio)}"]
+            # The share of random selection's error the selector avoids, under the same
+            # reconstructor: it isolates the selection from how well the reconstructor has
+            # (over)fitted, which moves both errors together.
+            out[f"{prefix}/selector_gain@{round(ratio * 100):g}"] = 1 - selector / random
         return out
 
     def reset(self) -> None:
