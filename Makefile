@@ -24,10 +24,8 @@ $(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done conf/extract/demo.yaml
 	$(BIN)/vtsel extract --config conf/extract/demo.yaml
 
 demo: $(DEMO)/shards/train/sizes.json
-	$(BIN)/vtsel fit --config conf/demo.yaml
-	@run=$$(ls -td runs/demo/version_* | head -n 1); \
-	echo; echo "checkpoints: $$run/checkpoints/ ($$(ls $$run/checkpoints | tr '\n' ' '))"; \
-	echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
+	$(BIN)/vtsel stages --config conf/demo.yaml
+	@echo; echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -2,33 +2,74 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from jsonargparse import CLI
+from jsonargparse import CLI, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vtsel.data import FeatureShardDataModule
 from vtsel.module import SelectorModule
 
+ToolMain = Callable[[list[str]], None]
 
-def _tools() -> dict[str, Callable[..., Any]]:
+
+def _typed_tool(function: Callable[..., Any]) -> ToolMain:
+    """A tool whose signature is its command line (``--out``, ``--config``, ``--help``)."""
+    return lambda argv: CLI(function, args=argv, as_positional=False)
+
+
+def _tools() -> dict[str, ToolMain]:
     """Subcommands that are not a Trainer method; imported lazily so ``fit`` starts fast."""
     from vtsel.demo import write_demo_images
     from vtsel.export import export
     from vtsel.extract.run import extract
+    from vtsel.stages import stages_main
 
-    return {"extract": extract, "demo-data": write_demo_images, "export": export}
+    return {
+        "extract": _typed_tool(extract),
+        "demo-data": _typed_tool(write_demo_images),
+        "export": _typed_tool(export),
+        "stages": stages_main,  # passes unknown arguments on to each stage's fit
+    }
 
 
-TOOL_NAMES = ("extract", "demo-data", "export")
+TOOL_NAMES = ("extract", "demo-data", "export", "stages")
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
     "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
-    "feature shards, `vtsel export` writes a trained selector for inference without "
-    "Lightning (each has --help)."
+    "feature shards, `vtsel stages` runs a preset's training stages one fit after another, "
+    "`vtsel export` writes a trained selector for inference without Lightning "
+    "(each has --help)."
 )
+
+
+@dataclass
+class Stage:
+    """One fit of a preset's training schedule, run by ``vtsel stages`` (``vtsel fit`` ignores it).
+
+    Each stage is its own fit: its own warmup + cosine schedule, step counter, TensorBoard run
+    and checkpoints, starting from the previous stage's best weights.
+    """
+
+    name: str
+    """The stage's run folder under the logger's ``save_dir/name``, e.g. ``runs/demo/stage2``."""
+    max_epochs: int
+    """Epochs of this stage's fit."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """This stage's fit overrides: ``{model.lr: 5.0e-06}`` means ``--model.lr 5.0e-06``."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[\w.-]+", self.name):
+            raise ValueError(
+                f"stage name {self.name!r} names a run folder: use letters, digits, '_', '.', '-'"
+            )
+        if self.max_epochs < 1:
+            raise ValueError(f"stage {self.name!r}: max_epochs must be >= 1, got {self.max_epochs}")
 
 
 class VtselCLI(LightningCLI):
@@ -38,6 +79,48 @@ class VtselCLI(LightningCLI):
         # One source of truth: the shards' shape decides the model's input and output sizes.
         for key in ("feature_dim", "grid_size", "image_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
+        # Parsed (so a typo in a stage fails here) but only read by `vtsel stages`.
+        parser.add_argument(
+            "--stages",
+            type=list[Stage] | None,
+            default=None,
+            help="The preset's training stages, run in order by `vtsel stages`; fit ignores them.",
+        )
+
+
+class _ParseOnlyCLI(VtselCLI):
+    """Parses and checks a fit's arguments exactly as ``vtsel fit`` does, and builds nothing."""
+
+    def _set_seed(self) -> None:
+        """Nothing trains here, so nothing is seeded (nor is "Seed set" logged)."""
+
+    def instantiate_classes(self) -> None:
+        """No model, data or trainer: the caller only reads the config."""
+
+
+def _make_cli(cli_class: type[VtselCLI], args: list[str] | None, run: bool) -> VtselCLI:
+    """The one way vtsel builds its CLI, so ``vtsel fit`` and the stage planner parse alike."""
+    return cli_class(
+        SelectorModule,
+        FeatureShardDataModule,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
+        args=args,  # None: LightningCLI reads sys.argv itself
+        run=run,
+    )
+
+
+def resolve_fit_config(args: list[str]) -> Namespace:
+    """The config that ``vtsel fit <args>`` would train with, parsed and checked, not run.
+
+    ``vtsel stages`` checks every stage this way before the first one trains, so a typo in the
+    last stage's arguments cannot waste the earlier stages' hours.
+    """
+    with warnings.catch_warnings():
+        # args are given on purpose while sys.argv holds the `vtsel stages` command line.
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+        return _make_cli(_ParseOnlyCLI, args, run=False).config
 
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
@@ -45,16 +128,9 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     trainer and its metrics) are for tests and notebooks."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in TOOL_NAMES:
-        CLI(_tools()[argv[0]], args=argv[1:], as_positional=False)
+        _tools()[argv[0]](argv[1:])
         return None
-    return VtselCLI(
-        SelectorModule,
-        FeatureShardDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION},
-        args=args,  # None: LightningCLI reads sys.argv itself
-    )
+    return _make_cli(VtselCLI, args, run=True)
 
 
 if __name__ == "__main__":
