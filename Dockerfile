@@ -5,6 +5,8 @@
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+# The base image pins the distribution; its python3 is whatever that release ships.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
     && rm -rf /var/lib/apt/lists/*
@@ -21,7 +23,7 @@ COPY conf ./conf
 # torch and torchvision come pinned from pyproject.toml (PyPI's Linux wheels are CUDA builds).
 RUN pip install .
 
-USER vtsel
+USER 1000
 VOLUME ["/data", "/runs"]
 ENTRYPOINT ["vtsel"]
 CMD ["--help"]

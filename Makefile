@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO := data/demo
 
-.PHONY: install demo test test-slow lint clean-demo
+.PHONY: install demo test test-slow bench clean-demo
 
 # The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there.
 $(INSTALLED): pyproject.toml
@@ -34,6 +34,10 @@ test: $(INSTALLED)
 # Tests marked slow (2-process DDP and other long runs), kept out of `make test`.
 test-slow: $(INSTALLED)
 	$(BIN)/pytest -m slow
+
+# Lightning vs plain PyTorch step time, and DataModule headroom; rewrites BENCHMARKS.md (~3 min)
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_training.py
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo

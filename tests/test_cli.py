@@ -136,3 +136,23 @@ def test_shards_of_another_width_stop_the_fit_naming_the_shard(
 ) -> None:
     with pytest.raises(FeatureContractError, match=r"shard-000000\.tar.*32 wide.*feature_dim=48"):
         fit(TWINS[0], shards, tmp_path / "runs", "--data.feature_dim", "48")
+
+
+def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(
+    shards: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run = fit(TWINS[0], shards, runs, "--trainer.max_epochs", "1")
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed_run = fit(
+        TWINS[0], shards, runs, "--trainer.max_epochs", "2", "--ckpt_path", "last"
+    )  # fit() also checks that no second run folder appeared
+    assert resumed_run == run
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["global_step"] > 0
+    assert resumed["global_step"] == 2 * first["global_step"]  # one more epoch, not two
+
+
+def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no last\.ckpt under"):
+        fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", "last")

@@ -78,3 +78,20 @@ def load_weights(module: nn.Module, path: Path) -> None:
             f"unexpected: {unexpected[:5]}"
         )
     module.load_state_dict(state)
+
+
+
+def newest_last_checkpoint(log_dir: Path, checkpoint_dirs: list[Path]) -> Path:
+    """The most recently written ``last.ckpt`` of a logger's runs or of fixed checkpoint folders.
+
+    Lightning's own ``ckpt_path="last"`` looks only in the new run's folder, which a restarted
+    fit has just created empty; the run to resume is the one whose last checkpoint is newest.
+    """
+    candidates = [*log_dir.glob("*/checkpoints/last.ckpt")]
+    candidates += [d / "last.ckpt" for d in checkpoint_dirs if (d / "last.ckpt").is_file()]
+    if not candidates:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {log_dir}/<run>/checkpoints (nor in "
+            f"{[str(d) for d in checkpoint_dirs]}); give the checkpoint's path instead"
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)

@@ -7,11 +7,13 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import CLI, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from vtsel.checkpoints import newest_last_checkpoint
 from vtsel.data import FeatureShardDataModule
 from vtsel.module import SelectorModule
 
@@ -86,6 +88,26 @@ class VtselCLI(LightningCLI):
             default=None,
             help="The preset's training stages, run in order by `vtsel stages`; fit ignores them.",
         )
+
+
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path last`` resumes the newest run, logging on into its folder."""
+        if self.subcommand != "fit" or self.config.fit.get("ckpt_path") != "last":
+            return
+        logger_args = getattr(self.config.fit.trainer.logger, "init_args", None)
+        if logger_args is None or "save_dir" not in logger_args:
+            raise ValueError("--ckpt_path last needs a TensorBoardLogger to find the run; "
+                             "give the checkpoint's path instead")
+        log_dir = Path(logger_args.save_dir) / logger_args.name
+        callbacks = self.config.fit.trainer.callbacks or []
+        fixed_dirs = [
+            Path(cb.init_args.dirpath) for cb in callbacks
+            if getattr(cb, "init_args", None) is not None and cb.init_args.get("dirpath")
+        ]
+        last = newest_last_checkpoint(log_dir, fixed_dirs)
+        self.config.fit.ckpt_path = str(last)
+        if last.parent.parent.parent == log_dir:  # a run folder: keep logging into it
+            logger_args.version = last.parent.parent.name
 
 
 class _ParseOnlyCLI(VtselCLI):

@@ -54,8 +54,8 @@ class FeatureShardDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per device; lowered (with a warning) when there
             are too few shards to give each worker one.
         shuffle_buffer: Samples held in the training shuffle buffer; larger mixes shards better
-            but costs memory. Capped at each worker's share of the samples, since a larger
-            buffer would hold several passes at once and repeat samples within an epoch.
+            but costs memory. It drains at the end of each pass over a worker's shards, so it
+            never mixes two passes.
         max_corrupt: Corrupt samples or unreadable tars each worker skips per epoch (with a
             warning) before the run stops: a few bad samples are noise, many mean broken data.
         train_num_samples: Number of training samples; overrides ``sizes.json``. Needed for
@@ -206,16 +206,11 @@ class FeatureShardDataModule(L.LightningDataModule):
             world_size=self.world_size,
             batch_size=self.batch_size,
             batches_per_worker=plan.num_batches // _stream_parts(plan.num_workers),
-            shuffle_buffer=self._capped_shuffle_buffer(plan),
+            shuffle_buffer=self.shuffle_buffer,
             max_corrupt=self.max_corrupt,
             seed=self.seed,
         )
         return self._loader(dataset, plan)
-
-    def _capped_shuffle_buffer(self, plan: _SplitPlan) -> int:
-        parts = self.world_size * _stream_parts(plan.num_workers)
-        samples_per_worker = plan.shards.num_samples // parts
-        return max(1, min(self.shuffle_buffer, samples_per_worker))
 
     def val_dataloader(self) -> wds.WebLoader | list:
         """This rank's validation batches, or no loader (so no validation) without val_shards."""

@@ -152,24 +152,26 @@ def train_stream(
     """An endless stream per worker, cut to ``batches_per_worker`` full batches per epoch.
 
     Endless so that every worker of every rank yields the same number of batches whatever its
-    shards hold (unequal batch counts hang DDP). The shard order is reshuffled on each pass with
-    the same seed on every rank, so the ranks' shares stay disjoint within a pass.
+    shards hold (unequal batch counts hang DDP). Shards are dealt to ranks once, before any
+    shuffle, so the ranks' samples stay disjoint in every pass; each pass then reorders the
+    worker's own shards and shuffles its samples in a buffer that drains at the end of the
+    pass, so no sample of the next pass is mixed into this one. A sample repeats within an
+    epoch only when its worker's share is smaller than the epoch.
     """
-    shard_passes = wds.DataPipeline(
+    budget = CorruptionBudget(max_corrupt)
+    one_pass = wds.DataPipeline(
         wds.SimpleShardList(urls),
-        wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed),
         partial(split_by_rank, rank=rank, world_size=world_size),
         wds.split_by_worker,
-    ).repeat()
-    budget = CorruptionBudget(max_corrupt)
-    return wds.DataPipeline(
-        shard_passes,
+        wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed),
         *_read_tars(budget),
         # raw bytes are shuffled, not decoded tensors: a buffer of them takes far less memory.
         # Per-rank seed: ranks read different samples, so they need not shuffle in lockstep.
         wds.shuffle(shuffle_buffer, rng=random.Random(seed * 1_000_003 + rank)),
         partial(decode_and_check, spec=spec, budget=budget),
-        wds.batched(batch_size, partial=False, collation_fn=collate),
+    ).repeat()
+    return wds.DataPipeline(
+        one_pass, wds.batched(batch_size, partial=False, collation_fn=collate)
     ).with_epoch(batches_per_worker)
 
 
