@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import MakeShards
-from vtsel.cli import main
+from vtsel.cli import main, run_command
 from vtsel.data.format import FeatureContractError
 
 TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
@@ -75,7 +77,7 @@ def test_validate_test_and_predict_reload_the_best_checkpoint(
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
     results = {}
     for subcommand in ("validate", "test", "predict"):
-        results[subcommand] = main(
+        results[subcommand] = run_command(
             [
                 subcommand,
                 "--config", str(config),
@@ -156,3 +158,19 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(
 def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no last\.ckpt under"):
         fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", "last")
+
+
+def test_the_console_script_exits_zero_after_a_fit(shards: Path, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "vtsel"  # the entry point pyproject.toml installs
+    finished = subprocess.run(
+        [
+            str(script), "fit",
+            "--config", str(TWINS[0]),
+            "--data.train_shards", str(shards / "train"),
+            "--data.val_shards", str(shards / "val"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+            "--trainer.max_steps", "1",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]

@@ -145,14 +145,19 @@ def resolve_fit_config(args: list[str]) -> Namespace:
         return _make_cli(_ParseOnlyCLI, args, run=False).config
 
 
-def main(args: list[str] | None = None) -> LightningCLI | None:
-    """Entry point of the ``vtsel`` console script; ``args`` and the returned CLI (holding the
-    trainer and its metrics) are for tests and notebooks."""
+def run_command(args: list[str] | None = None) -> LightningCLI | None:
+    """Run a ``vtsel`` command; returns the CLI of a Lightning subcommand (holding the trainer
+    and its metrics) for tests and notebooks, ``None`` for the data tools."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in TOOL_NAMES:
         _tools()[argv[0]](argv[1:])
         return None
     return _make_cli(VtselCLI, args, run=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``vtsel`` console script: returns nothing, so the exit status is 0."""
+    run_command(args)
 
 
 if __name__ == "__main__":
