@@ -25,6 +25,10 @@ $(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done conf/extract/demo.yaml
 
 demo: $(DEMO)/shards/train/sizes.json
 	$(BIN)/vtsel stages --config conf/demo.yaml
+	$(BIN)/vtsel export --out runs/demo/selector \
+	  --checkpoint "$$(ls -t runs/demo/stage3/checkpoints/best-*.ckpt | head -n 1)"
+	$(BIN)/vtsel visualize --selector runs/demo/selector --out runs/demo/figure1.png \
+	  --image $(DEMO)/images/photo-mpl-grace_hopper-0.png
 	@echo; echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
 
 test: $(INSTALLED)

@@ -31,21 +31,24 @@ def _tools() -> dict[str, ToolMain]:
     from vtsel.export import export
     from vtsel.extract.run import extract
     from vtsel.stages import stages_main
+    from vtsel.visualize import visualize
 
     return {
         "extract": _typed_tool(extract),
         "demo-data": _typed_tool(write_demo_images),
         "export": _typed_tool(export),
         "stages": stages_main,  # passes unknown arguments on to each stage's fit
+        "visualize": _typed_tool(visualize),
     }
 
 
-TOOL_NAMES = ("extract", "demo-data", "export", "stages")
+TOOL_NAMES = ("extract", "demo-data", "export", "stages", "visualize")
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
     "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
     "feature shards, `vtsel stages` runs a preset's training stages one fit after another, "
-    "`vtsel export` writes a trained selector for inference without Lightning "
+    "`vtsel export` writes a trained selector for inference without Lightning, "
+    "`vtsel visualize` draws which tokens an exported selector keeps of an image file "
     "(each has --help)."
 )
 
