@@ -24,19 +24,22 @@ LOSS_TAGS = {
 }
 
 
+def fit_args(config: Path, shards: Path, runs: Path, *extra: str) -> list[str]:
+    """``vtsel fit`` arguments for a preset twin on test shards, logging under ``runs``."""
+    return [
+        "fit",
+        "--config", str(config),
+        "--data.train_shards", str(shards / "train"),
+        "--data.val_shards", str(shards / "val"),
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]
+
+
 def fit(config: Path, shards: Path, runs: Path, *extra: str) -> Path:
     """Run ``vtsel fit`` and return the run's log folder."""
-    main(
-        [
-            "fit",
-            "--config", str(config),
-            "--data.train_shards", str(shards / "train"),
-            "--data.val_shards", str(shards / "val"),
-            "--trainer.logger.init_args.save_dir", str(runs),
-            "--trainer.enable_progress_bar", "false",
-            *extra,
-        ]
-    )
+    main(fit_args(config, shards, runs, *extra))
     (run,) = [p for p in runs.glob("*/version_*") if p.is_dir()]
     return run
 
@@ -163,14 +166,7 @@ def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_pat
 def test_the_console_script_exits_zero_after_a_fit(shards: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "vtsel"  # the entry point pyproject.toml installs
     finished = subprocess.run(
-        [
-            str(script), "fit",
-            "--config", str(TWINS[0]),
-            "--data.train_shards", str(shards / "train"),
-            "--data.val_shards", str(shards / "val"),
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-            "--trainer.max_steps", "1",
-        ],
+        [str(script), *fit_args(TWINS[0], shards, tmp_path / "runs", "--trainer.max_steps", "1")],
         capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]

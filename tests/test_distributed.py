@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import MakeShards
-from tests.test_cli import LOSS_TAGS, TWINS, fit
+from tests.test_cli import LOSS_TAGS, TWINS, fit, fit_args
 
 REPO = Path(__file__).parents[1]
 TWIN_CONFIGS = {config.stem: config for config in TWINS}
@@ -38,15 +38,8 @@ def fit_command(shards: Path, runs: Path, *extra: str) -> list[str]:
     A subprocess, not ``main()``: DDP's launcher re-executes the command line for rank 1, and a
     killed fit must be a real process.
     """
-    return [
-        sys.executable, "-m", "vtsel.cli", "fit",
-        "--config", str(TWIN_CONFIGS["demo"]),
-        "--data.train_shards", str(shards / "train"),
-        "--data.val_shards", str(shards / "val"),
-        "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.enable_progress_bar", "false",
-        *extra,
-    ]
+    args = fit_args(TWIN_CONFIGS["demo"], shards, runs, *extra)
+    return [sys.executable, "-m", "vtsel.cli", *args]
 
 
 def add_callback(class_path: str, **init_args: Any) -> str:
