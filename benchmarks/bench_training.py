@@ -14,10 +14,7 @@ Prints the figures and rewrites this benchmark's sections of BENCHMARKS.md at th
 
 from __future__ import annotations
 
-import datetime
 import itertools
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +37,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' shard writer is the one real-format writer to reuse
 
+from benchmarks.report import BENCHMARKS_FILE, machine, update_section  # noqa: E402
 from tests.conftest import write_feature_shards  # noqa: E402
 from vtsel.data import FeatureShardDataModule  # noqa: E402
 from vtsel.module import SelectorModule  # noqa: E402
@@ -189,23 +187,6 @@ def loader_samples_per_second(shard_dir: Path) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def update_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the ``## title`` section, leaving other benchmarks' sections alone."""
-    heading = f"## {title}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    before, found, after = text.partition(heading)
-    rest = after[after.find("\n## ") + 1 :] if found and "\n## " in after else ""
-    path.write_text(f"{before.rstrip()}\n\n{heading}\n{body.strip()}\n\n{rest}".rstrip() + "\n")
-
-
-def machine() -> str:
-    return (
-        f"{datetime.date.today()}, {platform.machine()} with {os.cpu_count()} CPUs (shared), "
-        f"torch {torch.__version__}, lightning {L.__version__}, "
-        f"torch.set_num_threads({THREADS}), Python {platform.python_version()}"
-    )
-
-
 def step_section(times: dict[str, list[float]]) -> tuple[str, float]:
     medians = {name: statistics.median(values) for name, values in times.items()}
     plain = medians["plain PyTorch loop"]
@@ -214,7 +195,7 @@ def step_section(times: dict[str, list[float]]) -> tuple[str, float]:
         + ", ".join(f"{1000 * v:.0f}" for v in times[name]) + " |"
         for name, m in medians.items()
     )
-    body = f"""Machine: {machine()}.
+    body = f"""Machine: {machine(THREADS)}.
 
 SelectorModule at demo size (B={BATCH}, C={FEATURE_DIM}, grid {GRID[0]}×{GRID[1]}, image
 {IMAGE_SIZE}, dim 128, fp32), one in-memory batch, gradient clipping 1.0, Adam + warmup-cosine.
@@ -231,7 +212,7 @@ then {TIMED_STEPS} timed steps. Goal: Lightning ÷ plain ≤ 1.05.
 def loader_section(samples_per_second: float, step_seconds: float) -> str:
     consumed = BATCH / step_seconds
     ratio = samples_per_second / consumed
-    return f"""Machine: {machine()}.
+    return f"""Machine: {machine(THREADS)}.
 
 FeatureShardDataModule, num_workers 2, batch {BATCH}, on {SHARD_SAMPLES} demo-sized samples
 (random features and random-pixel crops, as `tests/conftest.py` writes them) in shards of
@@ -256,10 +237,9 @@ def main() -> None:
         loader_rate = loader_samples_per_second(Path(tmp) / "shards")
     loader_body = loader_section(loader_rate, lightning_step)
     print(steps_body, loader_body, sep="\n")
-    target = REPO / "BENCHMARKS.md"
-    update_section(target, "Lightning step overhead (benchmarks/bench_training.py)", steps_body)
-    update_section(target, "DataModule headroom (benchmarks/bench_training.py)", loader_body)
-    print(f"updated {target}")
+    update_section("Lightning step overhead (benchmarks/bench_training.py)", steps_body)
+    update_section("DataModule headroom (benchmarks/bench_training.py)", loader_body)
+    print(f"updated {BENCHMARKS_FILE}")
 
 
 if __name__ == "__main__":
