@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,25 @@ def write_feature_shards(
 def make_shards() -> MakeShards:
     """The shard writer as a fixture: ``make_shards(tmp_path / "train", num_samples=10)``."""
     return write_feature_shards
+
+
+@dataclass(frozen=True)
+class Exported:
+    checkpoint: Path  # the fit's last.ckpt
+    directory: Path  # what `vtsel export` wrote from it
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """One real two-step fit of the demo twin and its export, shared by every test that needs
+    a trained selector (export, evaluation, integrations) to stay fast."""
+    from tests.test_cli import TWINS, fit  # imported here: test_cli imports this module
+    from vtsel.cli import main
+
+    root = tmp_path_factory.mktemp("export")
+    write_feature_shards(root / "shards" / "train", num_samples=24, seed=0)
+    write_feature_shards(root / "shards" / "val", num_samples=8, seed=1)
+    run = fit(TWINS[0], root / "shards", root / "runs", "--trainer.max_steps", "2")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "selector")])
+    return Exported(checkpoint, root / "selector")

@@ -6,39 +6,20 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_feature_shards
-from tests.test_cli import TWINS, fit
+from tests.conftest import Exported
 from vtsel.cli import main
 from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
+from vtsel.methods import TrainedSelector, build_method
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.module import SelectorModule
 
 CROPS, TOKENS, WIDTH = 3, 16, 32  # tests/conf/demo.yaml: 4x4 grid of 32-wide tokens
-
-
-@dataclass(frozen=True)
-class Exported:
-    checkpoint: Path  # the fit's last.ckpt
-    directory: Path  # what `vtsel export` wrote from it
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """One real two-step fit and its export, shared by every test here to stay fast."""
-    root = tmp_path_factory.mktemp("export")
-    write_feature_shards(root / "shards" / "train", num_samples=24, seed=0)
-    write_feature_shards(root / "shards" / "val", num_samples=8, seed=1)
-    run = fit(TWINS[0], root / "shards", root / "runs", "--trainer.max_steps", "2")
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "selector")])
-    return Exported(checkpoint, root / "selector")
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +156,12 @@ def test_export_holds_the_selector_weights_only_and_the_input_contract(
                 "--encoder", "other-encoder",
             ]
         )
+
+
+def test_the_trained_selector_as_a_selection_method_keeps_what_select_keeps(
+    exported: Exported, token_selector: TokenSelector, features: torch.Tensor
+) -> None:
+    method = build_method("selector", selector=str(exported.directory))
+    assert isinstance(method, TrainedSelector)
+    kept = method(features, 4)  # (B, 4)
+    assert torch.equal(kept, token_selector.select(features, k=4).indices)

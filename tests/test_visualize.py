@@ -11,15 +11,14 @@ import skimage.data
 import torch
 from PIL import Image
 
-from tests.conftest import write_feature_shards
+from tests.conftest import Exported, write_feature_shards
 from tests.test_cli import TWINS, fit
-from tests.test_export import Exported, exported  # noqa: F401  (exported is a fixture)
-from vtsel.baselines import RandomSelection
 from vtsel.cli import main
 from vtsel.extract.encoders import OpenClipEncoder
 from vtsel.figures import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH
 from vtsel.images import to_rgb
 from vtsel.inference import TokenSelector
+from vtsel.methods import RandomSelection
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.visualize import CAPTION_HEIGHT
 
@@ -135,7 +134,7 @@ def test_an_unreadable_image_is_named(vit_selector: Path, tmp_path: Path) -> Non
 
 
 def test_a_selector_of_another_width_is_refused_naming_both(
-    exported: Exported, photo: Path, tmp_path: Path  # noqa: F811
+    exported: Exported, photo: Path, tmp_path: Path
 ) -> None:
     # tests/test_export.py's selector: 32-wide tokens on a 4x4 grid of encoder "test-encoder"
     with pytest.raises(ValueError, match="'test-encoder', not an open_clip id"):

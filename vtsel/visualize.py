@@ -17,11 +17,11 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vtsel.baselines import RandomSelection
 from vtsel.extract.encoders import OpenClipEncoder
 from vtsel.figures import overlay_mask, side_by_side, to_uint8
 from vtsel.images import to_rgb
 from vtsel.inference import CONFIG_FILE, TokenSelector
+from vtsel.methods import RandomSelection
 from vtsel.models.selector import tokens_for_ratio
 
 CAPTION_HEIGHT = 16  # white rows above the panels holding "random 40%" | "selector 40%"

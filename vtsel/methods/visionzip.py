@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtsel.baselines.base import SelectionMethod, evenly_spaced, sorted_topk
+from vtsel.methods.base import SelectionMethod, evenly_spaced, sorted_topk
 
 LLAVA_DOMINANT_SHARE = 54 / 64  # VisionZip's split for LLaVA-1.5 (also 108/128, 162/192)
 

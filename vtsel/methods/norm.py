@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vtsel.baselines.base import SelectionMethod, sorted_topk
+from vtsel.methods.base import SelectionMethod, sorted_topk
 
 
 class FeatureNormTopK(SelectionMethod):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtsel.baselines.base import SelectionMethod
+from vtsel.methods.base import SelectionMethod
 
 
 class DivPrune(SelectionMethod):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtsel.baselines.base import SelectionMethod, check_grid, sorted_topk
+from vtsel.methods.base import SelectionMethod, check_grid, sorted_topk
 
 
 class HiPruneStyle(SelectionMethod):

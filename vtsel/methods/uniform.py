@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vtsel.baselines.base import SelectionMethod, check_grid, evenly_spaced
+from vtsel.methods.base import SelectionMethod, check_grid, evenly_spaced
 
 
 class UniformGrid(SelectionMethod):

@@ -1,16 +1,21 @@
-"""Baseline methods by name, so an evaluation config can list them as strings."""
+"""Selection methods by name, so an evaluation config can list them as strings.
+
+``selector`` (the trained one) takes the exported folder: ``build_method("selector",
+selector="runs/demo/selector")``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from vtsel.baselines.base import SelectionMethod
-from vtsel.baselines.divprune import DivPrune
-from vtsel.baselines.hiprune import HiPruneStyle
-from vtsel.baselines.norm import FeatureNormTopK
-from vtsel.baselines.random import RandomSelection
-from vtsel.baselines.uniform import UniformGrid
-from vtsel.baselines.visionzip import VisionZipStyle
+from vtsel.methods.base import SelectionMethod
+from vtsel.methods.divprune import DivPrune
+from vtsel.methods.hiprune import HiPruneStyle
+from vtsel.methods.norm import FeatureNormTopK
+from vtsel.methods.random import RandomSelection
+from vtsel.methods.trained import TrainedSelector
+from vtsel.methods.uniform import UniformGrid
+from vtsel.methods.visionzip import VisionZipStyle
 
 METHODS: dict[str, type[SelectionMethod]] = {
     method.name: method
@@ -21,6 +26,7 @@ METHODS: dict[str, type[SelectionMethod]] = {
         DivPrune,
         VisionZipStyle,
         HiPruneStyle,
+        TrainedSelector,
     )
 }
 
