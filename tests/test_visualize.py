@@ -14,6 +14,7 @@ from PIL import Image
 from tests.conftest import Exported, write_feature_shards
 from tests.test_cli import TWINS, fit
 from vtsel.cli import main
+from vtsel.extract.crops import CenterCrop
 from vtsel.extract.encoders import OpenClipEncoder
 from vtsel.figures import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH
 from vtsel.images import to_rgb
@@ -89,9 +90,9 @@ def test_panels_keep_the_seeded_random_subset_and_the_selector_top_tokens(
     assert figure.shape == (SIZE + CAPTION_HEIGHT, 2 * SIZE + SEPARATOR_WIDTH, 3)
 
     with Image.open(photo) as opened:
-        crop = encoder.prepare(to_rgb(opened))
+        (crop,) = CenterCrop().crops(to_rgb(opened), SIZE)
     with torch.inference_mode():
-        feats = encoder(crop.pixels[None])  # (1, L, C)
+        feats = encoder(encoder.normalize(crop.view)[None]).features  # (1, L, C)
     budget = tokens_for_ratio(GRID * GRID, KEEP)
     expected_random = RandomSelection(seed=SEED).select(feats, budget)[0].numpy()
     expected_selector = TokenSelector.from_pretrained(vit_selector).select(feats, keep=KEEP)

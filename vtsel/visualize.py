@@ -17,6 +17,7 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from vtsel.extract.crops import CenterCrop
 from vtsel.extract.encoders import OpenClipEncoder
 from vtsel.figures import overlay_mask, side_by_side, to_uint8
 from vtsel.images import to_rgb
@@ -80,9 +81,9 @@ def visualize(
     view = _load(Path(image))
     encoder = OpenClipEncoder(*encoder_args)
     _check_contract(encoder, token_selector, config_path)
-    crop = encoder.prepare(view)
+    (crop,) = CenterCrop(encoder.resample).crops(view, encoder.image_size)
     with torch.inference_mode():
-        feats = encoder(crop.pixels[None])  # (1, L, C)
+        feats = encoder(encoder.normalize(crop.view)[None]).features  # (1, L, C)
     num_tokens = feats.shape[1]
     budget = tokens_for_ratio(num_tokens, keep)
     random_idx = RandomSelection(seed=seed).select(feats, budget)  # (1, k)

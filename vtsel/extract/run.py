@@ -141,7 +141,7 @@ def _encode(encoder: OpenClipEncoder, pixels: torch.Tensor, device: torch.device
         torch.inference_mode(),
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
     ):
-        feats = encoder(pixels.to(device))  # (B, L, C)
+        feats = encoder(pixels.to(device)).features  # (B, L, C)
     return feats.float().cpu().numpy()
 
 

@@ -1,0 +1,21 @@
+"""Vision encoders whose per-token features the selectors learn to prune.
+
+Every encoder is a ``VisionEncoder``: ``normalize`` a crop's view, ``forward`` a batch into
+patch tokens (and optionally CLS→patch attention), ``describe`` itself for the manifest. The
+transformers towers (LLaVA-NeXT, InternVL) need the optional ``hf`` extra.
+"""
+
+from vtsel.extract.encoders.base import EncodedBatch, VisionEncoder
+from vtsel.extract.encoders.internvl import InternVisionTower
+from vtsel.extract.encoders.llava_next import LlavaNextVisionTower
+from vtsel.extract.encoders.openclip import RANDOM_INIT_SEED, OpenClipEncoder, PreparedCrop
+
+__all__ = [
+    "RANDOM_INIT_SEED",
+    "EncodedBatch",
+    "InternVisionTower",
+    "LlavaNextVisionTower",
+    "OpenClipEncoder",
+    "PreparedCrop",
+    "VisionEncoder",
+]
