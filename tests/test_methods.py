@@ -130,13 +130,32 @@ def test_divprune_running_minimum_matches_the_naive_greedy(seed: int) -> None:
         assert fast[row].tolist() == naive_max_min_order(features[row : row + 1], 8)
 
 
-def test_visionzip_keeps_top_attention_and_evenly_spaced_context() -> None:
+def test_divprune_keeps_a_duplicated_token_once_before_any_duplicate() -> None:
+    east, north, west = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]
+    points = torch.tensor([[east, east, north, west]])  # tokens 0 and 1 coincide
+    # Nearest-other distances: 0 and 1 have 0, north and west have 1 (north-east at 90 deg), so
+    # north (2) comes first; then east (0, at distance 1, ties with 1 and west -> lowest index),
+    # then west (3, at 2 from east); the duplicate 1 comes last.
+    assert greedy_max_min_order(points, 4).tolist() == [[2, 0, 3, 1]]
+    assert DivPrune()(points, 3).tolist() == [[0, 2, 3]]
+
+
+def test_visionzip_keeps_top_attention_and_contextual_targets_every_step() -> None:
     attention = torch.zeros(1, 8)
     attention[0, [6, 2, 5]] = torch.tensor([0.5, 0.3, 0.2])
     method = VisionZipStyle(dominant_fraction=0.5)
     features = torch.randn(1, 8, 4)
-    # 2 dominant (6, 2); 2 contextual at slice centres of the rest [0, 1, 3, 4, 5, 7]: 1 and 5
-    assert method(features, 4, attention).tolist() == [[1, 2, 5, 6]]
+    # 2 dominant (6, 2). The rest, [0, 1, 3, 4, 5, 7], is R = 6 tokens for 2 targets: step
+    # 6 // 2 = 3 from the first, so rest[0] = 0 and rest[3] = 4.
+    assert method(features, 4, attention).tolist() == [[0, 2, 4, 6]]
+    # 3 targets among the 5 left by 3 dominant (6, 2, 5): step 1, so rest[0:3] = 0, 1, 3.
+    assert method(features, 6, attention).tolist() == [[0, 1, 2, 3, 5, 6]]
+
+
+def test_visionzip_splits_llava_budgets_as_the_paper() -> None:
+    method = VisionZipStyle()
+    assert [method.num_dominant(keep) for keep in (64, 128, 192)] == [54, 108, 162]
+    assert method.num_dominant(1) == 1 and method.num_dominant(2) == 1
 
 
 def test_visionzip_merge_averages_each_context_token_with_its_nearest_dropped_tokens() -> None:
@@ -152,6 +171,21 @@ def test_visionzip_merge_averages_each_context_token_with_its_nearest_dropped_to
     assert torch.allclose(merged[0], expected)
 
 
+def test_visionzip_merge_groups_by_the_metric_when_given() -> None:
+    east, north = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    tokens = [3 * east + north, 2 * east, 4 * north, 6 * north, 4 * east]
+    features = torch.stack(tokens).unsqueeze(0)  # (1, 5, 2)
+    # Keys that swap the dropped tokens' groups: token 2 now looks like target 1, 4 like 3.
+    keys = torch.stack([east, east, east, north, north]).unsqueeze(0)  # (1, 5, 2)
+    attention = torch.tensor([[0.9, 0.0, 0.0, 0.0, 0.0]])
+    method = VisionZipStyle(dominant_fraction=1 / 3)
+    merged = method.merge(features, torch.tensor([[0, 1, 3]]), attention, metric=keys)
+    expected = torch.stack([tokens[0], (tokens[1] + tokens[2]) / 2, (tokens[3] + tokens[4]) / 2])
+    assert torch.allclose(merged[0], expected)
+    with pytest.raises(ValueError, match="metric must be"):
+        method.merge(features, torch.tensor([[0, 1, 3]]), attention, metric=keys[:, :4])
+
+
 def test_visionzip_merge_refuses_indices_without_the_dominant_tokens() -> None:
     features, attention = random_inputs(batch=1)
     kept_idx = VisionZipStyle()(features, 4, attention)
@@ -161,16 +195,58 @@ def test_visionzip_merge_refuses_indices_without_the_dominant_tokens() -> None:
         VisionZipStyle().merge(features, weakest, attention)
 
 
-def test_hiprune_keeps_anchors_then_neighbours_then_attention() -> None:
-    attention = torch.zeros(1, L)
-    attention[0, 5] = 1.0  # the anchor, at (1, 1); its 4-neighbours are 1, 4, 6, 9
-    attention[0, 15] = 0.9  # second-highest attention, far from the anchor
-    attention[0, 9] = 0.5  # a neighbour, ranked first among the buffers
+def hiprune_maps() -> torch.Tensor:
+    """Object- and output-layer attention (1, 2, 16) on the 4x4 grid, every value distinct.
+
+    Object layer: 5 = (1, 1) is highest, then 15, then 9 (a neighbour of 5). Output layer: 12,
+    then 0, then 5; everything else is lower and ascending by position in both.
+    """
+    object_attention = torch.arange(L, dtype=torch.float) / 100
+    object_attention[[5, 15, 9]] = torch.tensor([1.0, 0.9, 0.5])
+    output_attention = torch.arange(L, dtype=torch.float) / 100
+    output_attention[[12, 0, 5]] = torch.tensor([1.0, 0.9, 0.8])
+    return torch.stack([object_attention, output_attention]).unsqueeze(0)
+
+
+def test_hiprune_keeps_anchors_then_grid_neighbours_then_output_layer_registers() -> None:
     features = torch.randn(1, L, 4)
-    method = HiPruneStyle(GRID, anchor_fraction=0.1)  # 1 anchor for budgets up to 14
-    assert method(features, 5, attention).tolist() == [[1, 4, 5, 6, 9]]
-    assert method(features, 6, attention).tolist() == [[1, 4, 5, 6, 9, 15]]  # then a register
-    assert method(features, 2, attention).tolist() == [[5, 9]]  # buffers ranked by attention
+    method = HiPruneStyle(GRID, alpha=1.0)  # round(keep / 5) = 1 anchor for keep 3 to 7
+    # Anchor 5 (object layer's top), buffers 1, 4, 6, 9, then the output layer's top outside
+    # them: 12, then 0.
+    assert method(features, 5, hiprune_maps()).tolist() == [[1, 4, 5, 6, 9]]
+    assert method(features, 7, hiprune_maps()).tolist() == [[0, 1, 4, 5, 6, 9, 12]]
+
+
+def test_hiprune_buffers_are_grid_neighbours_not_flat_index_neighbours() -> None:
+    maps = hiprune_maps()
+    maps[0, 0, 4] = 2.0  # anchor at (1, 0): neighbours 0, 5, 8; not 3, the end of row 0
+    method = HiPruneStyle(GRID, alpha=1.0)
+    # anchor 4, buffers 0, 5, 8, then the output layer's top outside them: 12.
+    assert method(torch.randn(1, L, 4), 5, maps).tolist() == [[0, 4, 5, 8, 12]]
+
+
+def test_hiprune_anchor_count_follows_alpha_and_budget() -> None:
+    anchors = [HiPruneStyle(GRID).num_anchors(keep) for keep in (25, 26, 64, 144, 288)]
+    assert anchors == [0, 1, 1, 3, 6]  # round(0.1 * keep / 5); Python rounds 0.5 to 0
+    # No anchors: the output layer's top 3 alone.
+    method = HiPruneStyle(GRID, alpha=0.1)
+    assert method(torch.randn(1, L, 4), 3, hiprune_maps()).tolist() == [[0, 5, 12]]
+
+
+def test_hiprune_ranks_buffers_by_the_object_layer_when_they_overflow_the_budget() -> None:
+    method = HiPruneStyle(GRID, alpha=1.0)  # round(3 / 5) = 1 anchor for 3 tokens
+    # anchor 5, then buffer 9 (0.5), then buffer 6 (0.06) over 4 (0.04) and 1 (0.01).
+    assert method(torch.randn(1, L, 4), 3, hiprune_maps()).tolist() == [[5, 6, 9]]
+
+
+def test_hiprune_with_one_map_uses_it_for_both_layers() -> None:
+    maps = hiprune_maps()
+    method = HiPruneStyle(GRID, alpha=1.0)
+    features = torch.randn(1, L, 4)
+    one_map = method(features, 7, maps[:, 0])
+    assert torch.equal(one_map, method(features, 7, maps[:, [0, 0]]))
+    # anchor 5, buffers 1, 4, 6, 9, then the object map's top outside them: 15, 14.
+    assert one_map.tolist() == [[1, 4, 5, 6, 9, 14, 15]]
 
 
 @pytest.mark.parametrize("method", [VisionZipStyle(), HiPruneStyle(GRID)], ids=lambda m: m.name)
@@ -186,6 +262,15 @@ def test_inputs_outside_the_contract_are_refused() -> None:
         FeatureNormTopK()(features, 0)
     with pytest.raises(ValueError, match="attention must be"):
         VisionZipStyle()(features, 4, attention[:, :5])
+    two_layers = torch.stack([attention, attention], dim=1)  # (B, 2, L)
+    one_map_only = r"visionzip: attention must be \(2, 16\) for .* got \(2, 2, 16\)"
+    with pytest.raises(ValueError, match=one_map_only):
+        VisionZipStyle()(features, 4, two_layers)
+    assert HiPruneStyle(GRID)(features, 4, two_layers).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"\(2, 16\) or \(2, 2, 16\)"):
+        HiPruneStyle(GRID)(features, 4, two_layers[:, :, :8])
+    with pytest.raises(ValueError, match=r"alpha=1\.5 must lie in \[0, 1\]"):
+        HiPruneStyle(GRID, alpha=1.5)
     with pytest.raises(ValueError, match="grid 3x3"):
         UniformGrid((3, 3))(features, 4)
 

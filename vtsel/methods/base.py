@@ -2,10 +2,9 @@
 
 An evaluation compares the trained selector against these methods under the same per-crop
 budget, so they all take the same inputs (raw encoder tokens, a token count, optionally the
-CLS→patch attention of the feature layer) and return the same thing: kept grid positions in
-spatial order, one row per crop. Spatial order matters because a VLM consumes the kept tokens
-as a sequence whose order carries position; it also makes two methods' outputs comparable by
-equality.
+encoder's attention maps) and return the same thing: kept grid positions in spatial order, one
+row per crop. Spatial order matters because a VLM consumes the kept tokens as a sequence whose
+order carries position; it also makes two methods' outputs comparable by equality.
 """
 
 from __future__ import annotations
@@ -27,6 +26,9 @@ class SelectionMethod(ABC):
 
     name: ClassVar[str]
     needs_attention: ClassVar[bool] = False
+    attention_maps: ClassVar[int] = 1
+    """Attention maps the method reads, one per encoder layer: ``select`` takes them stacked as
+    (B, attention_maps, L) when above 1, and always accepts a single (B, L) map."""
 
     def select(
         self, features: torch.Tensor, keep: int, attention: torch.Tensor | None = None
@@ -36,8 +38,10 @@ class SelectionMethod(ABC):
         Args:
             features: Raw encoder tokens (B, L, C), one row per crop.
             keep: Tokens to keep per crop, 1 <= keep <= L.
-            attention: CLS→patch attention (B, L) of the layer ``features`` come from; required
-                by methods with ``needs_attention``, ignored by the others.
+            attention: Attention (B, L) each token receives in the encoder (which map, each
+                method's docstring says), or (B, n, L) maps of n layers for a method with
+                ``attention_maps`` = n > 1; required by methods with ``needs_attention``,
+                ignored by the others.
         """
         if features.dim() != 3:
             raise ValueError(
@@ -47,17 +51,24 @@ class SelectionMethod(ABC):
         if not 1 <= keep <= num_tokens:
             raise ValueError(f"{self.name}: keep={keep} must lie in [1, {num_tokens}] (L)")
         if attention is None and self.needs_attention:
-            raise ValueError(
-                f"{self.name} ranks tokens by CLS→patch attention: pass attention (B, L)"
-            )
-        if attention is not None and attention.shape != (batch, num_tokens):
-            raise ValueError(
-                f"{self.name}: attention must be (B, L) = ({batch}, {num_tokens}), "
-                f"got {tuple(attention.shape)}"
-            )
+            raise ValueError(f"{self.name} ranks tokens by encoder attention: pass attention")
+        if attention is not None:
+            self._check_attention(attention, batch, num_tokens)
         return self._select(features, keep, attention)
 
     __call__ = select
+
+    def _check_attention(self, attention: torch.Tensor, batch: int, num_tokens: int) -> None:
+        """Refuse attention that is neither (B, L) nor, for multi-layer methods, (B, n, L)."""
+        shapes = [(batch, num_tokens)]
+        if self.attention_maps > 1:
+            shapes.append((batch, self.attention_maps, num_tokens))
+        if tuple(attention.shape) not in shapes:
+            allowed = " or ".join(str(shape) for shape in shapes)
+            raise ValueError(
+                f"{self.name}: attention must be {allowed} for features of {batch} crops of "
+                f"{num_tokens} tokens, got {tuple(attention.shape)}"
+            )
 
     @abstractmethod
     def _select(

@@ -6,16 +6,25 @@ The paper casts pruning as a Max–Min Diversity Problem (keep the subset whose 
 as far apart as possible, distance = 1 − cosine similarity of the tokens) and solves it
 greedily: repeatedly add the token whose minimum distance to the tokens kept so far is largest.
 
-Choices made here:
-- Seed token: the token whose nearest other token is farthest away (the max–min criterion
-  applied before anything is kept). This is how we recall the authors' released code; we did
-  not re-check it against the paper's algorithm listing. It makes the result deterministic.
-- Running minimum: each token's distance to the kept set is held in one (B, L) tensor and
-  lowered with the new token's distance row after every pick, O(k·L) after the (B, L, L)
-  similarity matrix the seed needs; the rows are read from that matrix, so memory is
-  B·L² floats (134 MB for B=32 crops of 1024 tokens).
-- Features are the raw encoder tokens, in float32; DivPrune applies the same rule to the
-  projected visual tokens an LLM receives, which these are not.
+Checked against the authors' released ``DivPrune`` function (github.com/vbdi/divprune, as
+reproduced in public repositories that build on it); the paper's own algorithm listing was not
+at hand:
+- First pick: the token whose nearest other token is farthest away (the released code takes
+  each column's second-smallest distance, the smallest being the token's distance to itself).
+  This is the max–min rule applied before anything is kept, and makes the result
+  deterministic; ties go to the lowest index, as with ``torch.argmax`` there.
+- Later picks: the token with the largest minimum distance to the kept set. The released code
+  recomputes that minimum over all kept rows at every step, O(k²·L); here each token's distance
+  to the kept set is held in one (B, L) tensor and lowered with the new token's distance row
+  after every pick, O(k·L) after the (B, L, L) similarity matrix the first pick needs. The
+  order is the same (tests compare it with the naive rule).
+- Kept tokens are excluded from later picks explicitly. The released code relies on their
+  zero self-distance, so once only exact duplicates of kept tokens remain (all scores 0) it
+  can pick a kept token again and return fewer distinct tokens than the budget.
+
+Memory is B·L² floats (134 MB for B=32 crops of 1024 tokens). Features are the raw encoder
+tokens, in float32; DivPrune applies the same rule to the projected visual tokens an LLM
+receives, which these are not.
 """
 
 from __future__ import annotations

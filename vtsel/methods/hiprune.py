@@ -1,61 +1,105 @@
-"""HiPrune-style selection: attention anchors, their grid neighbours, then more attention.
+"""HiPrune: anchors from an object-centric middle layer, their neighbours, registers from the end.
 
 Source: Jizhihui Liu, Feiyi Du, Guangdao Zhu, Niu Lian, Jun Li, Bin Chen, "HiPrune:
 Training-Free Visual Token Pruning via Hierarchical Attention in Vision-Language Models",
-2025, arXiv 2508.00553. HiPrune observes that middle layers of a ViT attend to object-centric
-regions and deep layers to global context, and keeps three kinds of tokens: anchors (highest
-attention in an object-centric middle layer), buffers (tokens spatially adjacent to the
-anchors, for continuity) and registers (tokens with strong attention in a deep layer, for
-global summary). It is training-free and needs no [CLS] token.
+arXiv 2508.00553 (2025). Checked against the abstract and the authors' released code
+(github.com/Danielement321/HiPrune: the README's method and hyperparameter table, and LLaVA's
+``encode_images``); the paper's method section itself was not at hand. Middle layers of a ViT
+attend to the main objects, deep layers spread attention over the image; HiPrune keeps, in
+this order:
 
-Simplified here, because a vtsel shard carries at most one attention map (B, L):
-- anchors, buffers and registers are all ranked by that one map, so registers are simply the
-  highest-attention tokens outside anchors and buffers;
-- "adjacent" is taken as the 4-neighbourhood (up, down, left, right) on the (H, W) grid;
-- the budget split (``anchor_fraction`` of the budget for anchors, up to 4 buffers each, the
-  rest registers; buffers ranked by attention when they do not all fit) is our choice. We do
-  not know the paper's exact split, layer indices or tie rules, and did not reproduce them.
+1. anchors: the ``round(alpha * keep / 5)`` tokens with the highest attention in the object
+   layer (α, "the proportion of anchor and buffer tokens", is 0.1 by default: anchors and
+   buffers take a tenth of the budget together, 5 tokens per anchor);
+2. buffers: each anchor's 4 grid neighbours (above, below, left, right);
+3. registers: the rest of the budget, the tokens with the highest attention in the output
+   layer (the layer the features come from) among those not kept yet.
+
+The attention a token "has" in a layer is the attention it receives, averaged over heads and
+over all queries (the column mean of the head-averaged map, CLS column dropped) — not the CLS
+row, since HiPrune is meant for encoders without a CLS token. The object layer is the 9th of
+CLIP ViT-L/14's 24 layers (1-based) for LLaVA-1.5 and LLaVA-NeXT.
+``select`` takes both maps stacked as (B, 2, L) = (object layer, output layer); a single (B, L)
+map serves both roles, which keeps the budget split but not the hierarchy. That is the case
+with shards from ``vtsel extract``, which store one map: the feature layer's CLS→patch
+attention.
+
+Where this differs from the released code, deliberately:
+- Neighbours are taken on the (H, W) grid. The code adds ±1 and ±W to flat indices and clamps
+  them to [0, L), so an anchor at a row's end also keeps the next row's first token, and one on
+  the border keeps fewer than 4 buffers after de-duplication; the paper says "spatially
+  adjacent", which is what the grid gives.
+- Anchors and buffers never overflow the budget: when they do not all fit (large ``alpha``,
+  tiny budgets), anchors come first and buffers are ranked by the object layer's attention.
+  The released code fails there (a negative register count).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from vtsel.methods.base import SelectionMethod, check_grid, sorted_topk
 
+TOKENS_PER_ANCHOR = 5  # the anchor and its 4 buffers: HiPrune's alpha * keep / 5 anchors
+
 
 class HiPruneStyle(SelectionMethod):
-    """Keep attention anchors, then their grid neighbours, then top attention (see module doc).
+    """Keep object-layer anchors, their grid neighbours, then output-layer registers.
 
     Args:
         grid: (H, W) token grid of one crop; L must equal H*W.
-        anchor_fraction: Share of the budget given to anchor tokens (at least one). With 0.1,
-            anchors and their buffers take at most half the budget.
+        alpha: Share of the budget for anchors and their buffers together (HiPrune's α,
+            0.1 by default): ``round(alpha * keep / 5)`` anchors, so at 0.1 budgets up to 25
+            tokens get none and keep registers only, as in HiPrune.
     """
 
     name = "hiprune"
     needs_attention = True
+    attention_maps: ClassVar[int] = 2  # (object layer, output layer)
 
-    def __init__(self, grid: tuple[int, int], anchor_fraction: float = 0.1) -> None:
-        if not 0.0 < anchor_fraction <= 1.0:
-            raise ValueError(f"anchor_fraction={anchor_fraction} must lie in (0, 1]")
+    def __init__(self, grid: tuple[int, int], alpha: float = 0.1) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} must lie in [0, 1]")
         self.grid = tuple(grid)
-        self.anchor_fraction = anchor_fraction
+        self.alpha = alpha
+
+    def num_anchors(self, keep: int) -> int:
+        """Anchor tokens for a budget of ``keep`` (Python's round, as the released code)."""
+        return round(self.alpha * keep / TOKENS_PER_ANCHOR)
 
     def _select(
         self, features: torch.Tensor, keep: int, attention: torch.Tensor | None
     ) -> torch.Tensor:
         check_grid(self.name, self.grid, features.shape[1])
-        num_anchors = max(1, round(self.anchor_fraction * keep))
-        anchor_idx = sorted_topk(attention.float(), num_anchors)  # (B, n_anchor)
-        is_anchor = torch.zeros_like(attention, dtype=torch.bool).scatter_(1, anchor_idx, True)
+        object_attention, output_attention = _layer_maps(attention.float())  # (B, L) each
+        is_anchor = torch.zeros_like(object_attention, dtype=torch.bool)  # (B, L)
+        num_anchors = self.num_anchors(keep)
+        if num_anchors > 0:
+            is_anchor.scatter_(1, sorted_topk(object_attention, num_anchors), True)
         is_buffer = _grid_neighbours(is_anchor, self.grid) & ~is_anchor  # (B, L)
         # Tiers make one top-k do all three steps: every anchor outranks every buffer, which
-        # outranks every other token; within a tier the attention rank (in [0, 1)) decides.
+        # outranks every register candidate. Within a tier a rank in [0, 1) decides: the
+        # object layer's for anchors and buffers, the output layer's for the rest.
         tier = is_anchor.double() * 2 + is_buffer.double()  # (B, L)
-        attention_rank = attention.argsort(dim=-1).argsort(dim=-1).double() / attention.shape[1]
-        return sorted_topk(tier + attention_rank, keep)
+        within_tier = torch.where(
+            is_anchor | is_buffer, _rank_share(object_attention), _rank_share(output_attention)
+        )
+        return sorted_topk(tier + within_tier, keep)
+
+
+def _layer_maps(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(object layer, output layer) maps (B, L) from (B, 2, L), or one (B, L) map twice."""
+    if attention.dim() == 2:
+        return attention, attention
+    return attention[:, 0], attention[:, 1]
+
+
+def _rank_share(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's rank within its row of (B, L) divided by L: in [0, 1), higher is larger."""
+    return scores.argsort(dim=-1).argsort(dim=-1).double() / scores.shape[-1]
 
 
 def _grid_neighbours(is_marked: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

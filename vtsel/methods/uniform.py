@@ -36,7 +36,7 @@ class UniformGrid(SelectionMethod):
         batch, num_tokens, _ = features.shape
         check_grid(self.name, self.grid, num_tokens)
         kept_idx = self.positions(keep, features.device)  # (keep,)
-        return kept_idx.expand(batch, keep)
+        return kept_idx.repeat(batch, 1)  # (B, keep), rows not aliased
 
     def positions(self, keep: int, device: torch.device | None = None) -> torch.Tensor:
         """The ``keep`` kept positions (keep,) of the grid, ascending."""

@@ -1,21 +1,28 @@
-"""VisionZip-style selection: dominant tokens by CLS attention plus merged contextual tokens.
+"""VisionZip: dominant tokens by CLS attention, plus contextual tokens merged from the rest.
 
 Source: Senqiao Yang, Yukang Chen, Zhuotao Tian, Chengyao Wang, Jingyao Li, Bei Yu, Jiaya Jia,
 "VisionZip: Longer is Better but Not Necessary in Vision Language Models", CVPR 2025,
-arXiv 2412.04467. VisionZip keeps the "dominant" tokens that receive the most [CLS] attention
-in the vision encoder, then builds a few "contextual" tokens from the rest: it picks evenly
-spaced targets among them and merges every other remaining token into its most similar target.
+arXiv 2412.04467: dominant token selection and contextual token merging, as the authors'
+released code does them (github.com/dvlab-research/VisionZip, CLIP ``feature_select``).
+VisionZip runs inside the vision encoder, at the layer the features come from (LLaVA's
+penultimate):
+
+1. dominant tokens: the tokens with the highest CLS→patch attention, summed over heads;
+2. contextual tokens: the remaining tokens, in grid order, are split into targets at every
+   ``step = max(1, R // n_ctx)``-th position from the first (R remaining, n_ctx targets) and
+   the others; each other token joins the target whose key is most similar by cosine, and a
+   contextual token is the average of its target and the tokens that joined it.
+
 With LLaVA-1.5 it keeps 54 + 10, 108 + 20 and 162 + 30 tokens, a dominant share of 54/64.
 
-This is an approximation, not a reproduction:
-- The attention is whatever single CLS→patch map the shards carry (VisionZip averages heads
-  of the penultimate layer, which is what `vtsel extract` should store for it).
-- Similarity is the cosine of the raw output tokens; VisionZip compares the attention keys.
-- A contextual token becomes the plain average of its target and the tokens merged into it;
-  the authors' exact aggregation is not reproduced.
-- Targets are the centres of equal slices of the remaining tokens in row-major order.
+Where this differs from VisionZip, because vtsel works on features without the CLS token and
+shards that hold no attention keys:
+- VisionZip counts the CLS token as one of its dominant tokens (54 = CLS + 53 patches); here
+  every dominant slot goes to a patch token.
+- Similarity is on the attention keys (averaged over heads) in VisionZip; ``merge`` takes them
+  as ``metric`` when the caller has them, and falls back to the output tokens themselves.
 ``select`` returns the kept positions (dominant + contextual targets) like every method;
-``merge`` turns them into the features VisionZip would hand on.
+``merge`` turns them into the features VisionZip hands on.
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtsel.methods.base import SelectionMethod, evenly_spaced, sorted_topk
+from vtsel.methods.base import SelectionMethod, sorted_topk
 
 LLAVA_DOMINANT_SHARE = 54 / 64  # VisionZip's split for LLaVA-1.5 (also 108/128, 162/192)
 
 
 class VisionZipStyle(SelectionMethod):
-    """Keep the top-attention tokens and evenly spaced contextual tokens (see module doc).
+    """Keep the top CLS-attention tokens and evenly spaced contextual targets (see module doc).
+
+    ``attention`` is the CLS→patch attention (B, L) of the feature layer, summed or averaged
+    over heads (the ranking is the same).
 
     Args:
         dominant_fraction: Share of the budget given to dominant tokens; at least one token
@@ -55,12 +65,16 @@ class VisionZipStyle(SelectionMethod):
         num_dominant = self.num_dominant(keep)
         dominant_idx = sorted_topk(attention.float(), num_dominant)  # (B, n_dom)
         rest_idx = _complement(dominant_idx, num_tokens)  # (B, L - n_dom) ascending
-        targets = evenly_spaced(num_tokens - num_dominant, keep - num_dominant, features.device)
-        contextual_idx = rest_idx[:, targets]  # (B, n_ctx)
+        targets = contextual_targets(num_tokens - num_dominant, keep - num_dominant)
+        contextual_idx = rest_idx[:, targets.to(features.device)]  # (B, n_ctx)
         return torch.cat([dominant_idx, contextual_idx], dim=-1).sort(dim=-1).values
 
     def merge(
-        self, features: torch.Tensor, indices: torch.Tensor, attention: torch.Tensor
+        self,
+        features: torch.Tensor,
+        indices: torch.Tensor,
+        attention: torch.Tensor,
+        metric: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Features (B, keep, C) of ``select``'s tokens, each contextual one merged with its group.
 
@@ -73,7 +87,15 @@ class VisionZipStyle(SelectionMethod):
             features: Raw tokens (B, L, C).
             indices: ``select(features, keep, attention)``, (B, keep).
             attention: CLS→patch attention (B, L).
+            metric: What similarity is measured on, (B, L, D): VisionZip's head-averaged
+                attention keys of the feature layer. Defaults to ``features``.
         """
+        metric = features if metric is None else metric
+        if metric.dim() != 3 or metric.shape[:2] != features.shape[:2]:
+            raise ValueError(
+                f"{self.name}: metric must be (B, L, D) with (B, L) = {tuple(features.shape[:2])}"
+                f", got {tuple(metric.shape)}"
+            )
         batch, keep = indices.shape
         dominant_idx = sorted_topk(attention.float(), self.num_dominant(keep))  # (B, n_dom)
         is_dominant = torch.zeros_like(attention, dtype=torch.bool).scatter_(1, dominant_idx, True)
@@ -84,8 +106,17 @@ class VisionZipStyle(SelectionMethod):
         contextual_idx = indices[~kept_is_dominant].view(batch, -1)  # (B, n_ctx)
         if contextual_idx.shape[1] == 0:
             return kept_feats
-        merged = _merge_into_targets(features, contextual_idx, indices)  # (B, n_ctx, C)
+        merged = _merge_into_targets(features, metric, contextual_idx, indices)  # (B, n_ctx, C)
         return kept_feats.masked_scatter(~kept_is_dominant[..., None], merged)
+
+
+def contextual_targets(num_remaining: int, num_contextual: int) -> torch.Tensor:
+    """Positions (n_ctx,) among the R remaining tokens that become contextual targets.
+
+    VisionZip's rule: every ``max(1, R // n_ctx)``-th position from the first, the first n_ctx.
+    """
+    step = max(1, num_remaining // max(1, num_contextual))
+    return torch.arange(num_contextual) * step
 
 
 def _complement(picked_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -97,17 +128,20 @@ def _complement(picked_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 def _merge_into_targets(
-    features: torch.Tensor, target_idx: torch.Tensor, kept_idx: torch.Tensor
+    features: torch.Tensor, metric: torch.Tensor, target_idx: torch.Tensor, kept_idx: torch.Tensor
 ) -> torch.Tensor:
     """Average each target token (B, T) with the dropped tokens closest to it by cosine.
 
+    Closeness is measured on ``metric`` (B, L, D), the averaging on ``features`` (B, L, C).
     Tokens in ``kept_idx`` (B, k) are not dropped and join no target. Returns (B, T, C) in the
     features' dtype; sums are taken in float32.
     """
     feats = features.float()  # (B, L, C)
     channels = feats.shape[-1]
     target_feats = feats.gather(1, target_idx[..., None].expand(-1, -1, channels))  # (B, T, C)
-    similarity = F.normalize(feats, dim=-1) @ F.normalize(target_feats, dim=-1).transpose(1, 2)
+    unit_metric = F.normalize(metric.float(), dim=-1)  # (B, L, D)
+    target_metric = unit_metric.gather(1, target_idx[..., None].expand(-1, -1, metric.shape[-1]))
+    similarity = unit_metric @ target_metric.transpose(1, 2)  # (B, L, T)
     nearest_target = similarity.argmax(dim=-1)  # (B, L)
     is_dropped = torch.ones_like(nearest_target, dtype=torch.bool).scatter_(1, kept_idx, False)
     weight = is_dropped.float()  # (B, L) 1 = merged into its nearest target
