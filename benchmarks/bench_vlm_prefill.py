@@ -1,0 +1,214 @@
+"""Prefill time and peak memory of a LLaVA-NeXT against the share of visual tokens kept.
+
+    nice .venv/bin/python benchmarks/bench_vlm_prefill.py
+
+The model is a random-weight ``LlavaNextForConditionalGeneration`` with LLaVA-NeXT's real image
+geometry (336-px crops, patch 14: 24×24 tokens per crop, the real anyres pinpoints; a 512×512
+photo becomes the base view + 2×2 crops, 2928 visual tokens) and a scaled-down model whose LLM
+dominates: a 4-layer, 256-wide CLIP tower, a Llama of 8 layers × 1024 (intermediate 2816)
+and a selector of 4 layers × 128. Per visual token the tower costs about 3% of the LLM's
+multiply-adds and the selector 1%; at LLaVA-NeXT-7B sizes (CLIP-L, a 7B LLM, the 1024-wide
+4-layer selector of conf/llava_next.yaml) about 5% and 0.8%.
+
+One prefill = ``prune_inputs`` (tower, selector, layout) + the model's forward over the whole
+prompt (``logits_to_keep=1``), against the unpatched model's forward (tower + LLM). Every
+repeat runs all keep ratios in a rotating order, so machine drift hits them alike; figures are
+medians. Peak memory is the rise of the process's peak RSS over its RSS before the call (glibc is
+told to map every large block, so freed activations leave RSS). FLOPs are counted once per keep
+ratio with ``torch.utils.flop_counter`` under the math SDPA kernel, which spells attention out as
+matmuls the counter sees. Writes its section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from skimage import data
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' offline tokenizer
+
+from benchmarks.report import BENCHMARKS_FILE, machine, update_section  # noqa: E402
+from tests.test_integrations import tiny_tokenizer  # noqa: E402
+from vtsel.inference import TokenSelector  # noqa: E402
+from vtsel.integrations import Budget, PruningHandle, attach, prune_inputs  # noqa: E402
+from vtsel.models import FeatureSelector  # noqa: E402
+
+THREADS = 2
+REPEATS = 3
+KEEP_RATIOS = (1.0, 0.5, 0.4, 0.25, 0.1)
+UNPRUNED = "unpruned model"
+CROP, PATCH, VISION_WIDTH = 336, 14, 256
+PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # LLaVA-NeXT's
+TEXT = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+            num_key_value_heads=16, vocab_size=32000)
+SELECTOR = dict(dim=128, depth=4, num_heads=4)
+TABLE_HEAD = (
+    "| run | visual tokens to the LLM | median prefill (s) | time ÷ unpruned | FLOPs ÷ unpruned "
+    "| peak memory (MiB) | memory ÷ unpruned | each repeat (s) |\n|---|---|---|---|---|---|---|---|"
+)
+PROMPT = "describe the picture " * 12 + "<image> what is this"
+M_MMAP_THRESHOLD = -3  # glibc mallopt: blocks above this many bytes are mmapped (and unmapped)
+
+
+def build() -> tuple[LlavaNextForConditionalGeneration, Any, TokenSelector]:
+    """(model, processor inputs for one photo, selector), all random weights, fp32, SDPA."""
+    torch.manual_seed(0)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=VISION_WIDTH, intermediate_size=4 * VISION_WIDTH,
+                                       num_hidden_layers=4, num_attention_heads=4,
+                                       image_size=CROP, patch_size=PATCH),
+        text_config=LlamaConfig(**TEXT, pad_token_id=0),
+        image_token_id=2, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", attn_implementation="sdpa",
+    )
+    model = LlavaNextForConditionalGeneration(config).eval()
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(
+            size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
+            image_grid_pinpoints=PINPOINTS,
+        ),
+        tokenizer=tiny_tokenizer(image_token="<image>"), patch_size=PATCH,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    inputs = processor(images=[Image.fromarray(data.astronaut())], text=[PROMPT],
+                       return_tensors="pt")
+    grid = (CROP // PATCH, CROP // PATCH)
+    selector = TokenSelector(FeatureSelector(VISION_WIDTH, grid, **SELECTOR),
+                             {"encoder": "random CLIP 4x256 at 336 px"})
+    return model, inputs, selector
+
+
+def prefill(model: Any, inputs: Any, handle: PruningHandle | None) -> int:
+    """One prefill (see module doc); returns the number of visual tokens the LLM received."""
+    if handle is not None:
+        inputs = prune_inputs(handle, inputs)
+    with torch.no_grad():
+        model(**inputs, logits_to_keep=1)
+    return int((inputs["input_ids"] == model.config.image_token_id).sum())
+
+
+def runner(
+    model: Any, inputs: Any, selector: TokenSelector, keep: float | None
+) -> Callable[[], int]:
+    """A prefill of the unpatched model (``keep`` None) or with the selector at ``keep``."""
+    def run() -> int:
+        if keep is None:
+            return prefill(model, inputs, None)
+        with attach(model, selector, Budget(ratio=keep)) as handle:
+            return prefill(model, inputs, handle)
+
+    return run
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def timed(run: Callable[[], int]) -> tuple[float, float]:
+    """(seconds, peak MiB above the RSS before) of one call."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    return seconds, (_status_kib("VmHWM") - before) / 1024
+
+
+def counted_flops(run: Callable[[], int]) -> tuple[int, int]:
+    """(FLOPs, visual tokens) of one call, attention included (math SDPA kernel)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        tokens = run()
+    return counter.get_total_flops(), tokens
+
+
+def measure(model: Any, inputs: Any, selector: TokenSelector) -> dict[str, dict[str, Any]]:
+    runs = {UNPRUNED: runner(model, inputs, selector, None)}
+    runs |= {f"keep {keep:.0%}": runner(model, inputs, selector, keep) for keep in KEEP_RATIOS}
+    results = {name: {"seconds": [], "mib": []} for name in runs}
+    for name, run in runs.items():
+        results[name]["flops"], results[name]["tokens"] = counted_flops(run)  # also warms up
+    names = list(runs)
+    for repeat in range(REPEATS):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            seconds, mib = timed(runs[name])
+            results[name]["seconds"].append(seconds)
+            results[name]["mib"].append(mib)
+            print(f"repeat {repeat + 1}/{REPEATS} {name}: {seconds:.2f} s, +{mib:.0f} MiB",
+                  flush=True)
+    return results
+
+
+def section(results: dict[str, dict[str, Any]], prompt_text_tokens: int) -> tuple[str, float]:
+    base = results[UNPRUNED]
+    base_seconds = statistics.median(base["seconds"])
+    base_mib = statistics.median(base["mib"])
+    rows = []
+    for name, result in results.items():
+        seconds, mib = statistics.median(result["seconds"]), statistics.median(result["mib"])
+        rows.append(
+            f"| {name} | {result['tokens']} | {seconds:.2f} | {seconds / base_seconds:.2f} | "
+            f"{result['flops'] / base['flops']:.2f} | {mib:.0f} | {mib / base_mib:.2f} | "
+            + ", ".join(f"{value:.2f}" for value in result["seconds"]) + " |"
+        )
+    at_40 = results["keep 40%"]
+    time_ratio = statistics.median(at_40["seconds"]) / base_seconds
+    flops_ratio = at_40["flops"] / base["flops"]
+    rows_text = "\n".join(rows)
+    body = f"""Machine: {machine(THREADS)}.
+
+Random-weight LlavaNextForConditionalGeneration, fp32, SDPA, batch 1: LLaVA-NeXT's real
+geometry (336-px crops of 24×24 tokens, its anyres pinpoints; skimage's 512×512 astronaut
+becomes the base view + 2×2 crops) with a scaled-down model whose LLM dominates: CLIP tower
+4 layers × {VISION_WIDTH}, Llama {TEXT['num_hidden_layers']} layers × {TEXT['hidden_size']}
+(intermediate {TEXT['intermediate_size']}), selector 4 layers × {SELECTOR['dim']} (random
+weights; ranking cost does not depend on them), {prompt_text_tokens} text tokens. One prefill =
+`prune_inputs` (tower + selector + layout) + forward over the prompt (`logits_to_keep=1`); the
+unpruned row is the unpatched model. Keep ratios count the per-crop tokens; newlines (one per
+grid row, 48) stay. {REPEATS} repeats in rotating order, medians; FLOPs counted once per row
+(`torch.utils.flop_counter`, math SDPA kernel). Peak memory = rise of peak RSS over the RSS
+before the call. Goal: time at 40% ÷ unpruned ≤ 0.5, selector included.
+
+{TABLE_HEAD}
+{rows_text}
+
+At 40% keep: time ratio **{time_ratio:.2f}** against a FLOPs ratio of {flops_ratio:.2f}.
+"""
+    return body, time_ratio
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    model, inputs, selector = build()
+    text_tokens = int((inputs["input_ids"] != model.config.image_token_id).sum())
+    results = measure(model, inputs, selector)
+    body, time_ratio = section(results, text_tokens)
+    print(body)
+    update_section("VLM prefill vs keep ratio (benchmarks/bench_vlm_prefill.py)", body)
+    print(f"updated {BENCHMARKS_FILE}; time ratio at 40% = {time_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""How many tokens to keep, and which: a method's choice turned into a keep mask over crops.
+
+Every model family reduces its images to the same thing before pruning: a batch of crops
+(N, L, C) on one (H, W) grid, a mask of the positions the LLM would receive at all (LLaVA-NeXT's
+unpad drops the letterbox padding of its high-resolution crops), and the groups of crops that
+share one budget (an image, or a video's frames). This module decides the keep mask (N, L) from
+those, for any method, so the families only lay out what is kept.
+
+Budgets count **candidate** tokens (the ones the LLM would receive): a ratio of 0.4 keeps 40% of
+what the unpruned model feeds the LLM, not 40% of a crop that is half padding.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from itertools import groupby
+
+import torch
+
+from vtsel.inference import TokenSelector
+from vtsel.methods import SelectionMethod, TrainedSelector
+from vtsel.models.selector import tokens_for_ratio
+
+Method = SelectionMethod | TokenSelector
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many visual tokens to keep: exactly one of ``ratio``, ``count``, ``threshold``.
+
+    Args:
+        ratio: Share of each crop's tokens to keep, in (0, 1] (at least one token).
+        count: Tokens to keep per crop (fewer if a crop has fewer).
+        threshold: Keep every token whose keep logit exceeds it (0 = the selector's own
+            decision); score-based methods only, and the number kept varies with the content.
+        per_image: Spend one budget (``ratio`` of all the image's tokens, or ``count`` in
+            total) across all crops of an image, or all frames of a clip, by score: a
+            busy crop keeps more than a blank one. Score-based methods only.
+    """
+
+    ratio: float | None = None
+    count: int | None = None
+    threshold: float | None = None
+    per_image: bool = False
+
+    def __post_init__(self) -> None:
+        given = {"ratio": self.ratio, "count": self.count, "threshold": self.threshold}
+        if sum(value is not None for value in given.values()) != 1:
+            raise ValueError(f"give exactly one of ratio, count, threshold; got {given}")
+        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"Budget(ratio={self.ratio}): the ratio must lie in (0, 1]")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"Budget(count={self.count}): keep at least one token")
+        if self.threshold is not None and self.per_image:
+            raise ValueError("Budget(threshold=..., per_image=True): a threshold has no budget "
+                             "to share across crops; drop per_image")
+
+    def tokens(self, available: int) -> int:
+        """Tokens to keep out of ``available`` candidates (none when there are none)."""
+        if available == 0:
+            return 0
+        if self.ratio is not None:
+            return tokens_for_ratio(available, self.ratio)
+        if self.count is not None:
+            return min(self.count, available)
+        raise ValueError("a threshold budget keeps a content-dependent number of tokens")
+
+
+def scorer_of(method: Method) -> TokenSelector | None:
+    """The exported selector behind a score-based method, or None for index-only methods."""
+    if isinstance(method, TokenSelector):
+        return method
+    if isinstance(method, TrainedSelector):
+        return method.selector
+    return None
+
+
+def check_budget(method: Method, budget: Budget) -> None:
+    """Refuse budgets that need per-token scores when the method only returns indices."""
+    if scorer_of(method) is None and (budget.threshold is not None or budget.per_image):
+        kind = "threshold" if budget.threshold is not None else "per_image"
+        raise ValueError(
+            f"a {kind} budget needs per-token keep scores, which only the trained selector "
+            f"(TokenSelector or TrainedSelector) gives; {type(method).__name__} returns indices. "
+            f"Use Budget(ratio=...) or Budget(count=...) per crop with it"
+        )
+
+
+def keep_mask(
+    method: Method,
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    candidates: torch.Tensor,
+    groups: list[slice],
+    budget: Budget,
+    attention: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which tokens to keep: (N, L) bool, only ever at ``candidates``.
+
+    Args:
+        method: A selection method or an exported selector.
+        features: Crops (N, L, C) as the method was trained on / expects them.
+        grid: (H, W) of one crop, H*W = L.
+        candidates: (N, L) bool, the positions the LLM would receive without pruning; each
+            crop's candidates form a rectangle of its grid (LLaVA-NeXT unpad cuts whole rows or
+            columns), which is what index methods are run on.
+        groups: Row slices of crops sharing one budget (used with ``budget.per_image``).
+        budget: How many to keep.
+        attention: The attention (N, L) or (N, maps, L) methods that rank by it take.
+    """
+    check_budget(method, budget)
+    scorer = scorer_of(method)
+    if scorer is not None:
+        return mask_from_scores(scorer.scores(features), candidates, groups, budget)
+    return _mask_from_indices(method, features, grid, candidates, budget, attention)
+
+
+def mask_from_scores(
+    scores: torch.Tensor, candidates: torch.Tensor, groups: list[slice], budget: Budget
+) -> torch.Tensor:
+    """Keep mask (N, L) from keep scores (N, L): top of each crop, of each group, or above a
+    threshold, among ``candidates`` only."""
+    if budget.threshold is not None:
+        return (scores > budget.threshold) & candidates
+    ranked = scores.float().masked_fill(~candidates, float("-inf"))  # (N, L)
+    keep = torch.zeros_like(candidates)
+    if budget.per_image:
+        for rows in groups:
+            pool = ranked[rows].flatten()  # (n*L,) the group's crops side by side
+            budget_tokens = budget.tokens(int(candidates[rows].sum()))
+            group_keep = torch.zeros_like(pool, dtype=torch.bool)
+            group_keep[pool.topk(budget_tokens).indices] = True
+            keep[rows] = group_keep.view_as(keep[rows])
+        return keep
+    per_crop = torch.tensor(
+        [budget.tokens(available) for available in candidates.sum(dim=1).tolist()],
+        device=scores.device,
+    )  # (N,)
+    rank = ranked.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (N, L) 0 = best
+    return rank < per_crop[:, None]
+
+
+def _mask_from_indices(
+    method: SelectionMethod,
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    candidates: torch.Tensor,
+    budget: Budget,
+    attention: torch.Tensor | None,
+) -> torch.Tensor:
+    """Keep mask (N, L) of an index method run on each crop's visible rectangle.
+
+    Crops with the same rectangle go through the method in one call. A method with a grid of
+    its own (uniform lattice, HiPrune's neighbours) is given the rectangle's grid, so it spreads
+    its budget over what the LLM sees rather than over padding it would then lose.
+    """
+    keep = torch.zeros_like(candidates)
+    boxes = [_visible_box(crop_candidates, grid) for crop_candidates in candidates]
+    by_box = sorted(range(len(boxes)), key=lambda row: boxes[row] or (-1,))
+    for box, group in groupby(by_box, key=lambda row: boxes[row]):
+        if box is None:  # a crop wholly inside the padding gives the LLM nothing
+            continue
+        rows = torch.tensor(list(group), device=features.device)
+        top, bottom, left, right = box
+        row_idx = torch.arange(top, bottom, device=features.device)
+        col_idx = torch.arange(left, right, device=features.device)
+        positions = (row_idx[:, None] * grid[1] + col_idx[None, :]).flatten()  # (h*w,) row-major
+        box_attention = None if attention is None else attention[rows][..., positions]
+        chosen = _on_grid(method, (bottom - top, right - left)).select(
+            features[rows][:, positions], budget.tokens(positions.numel()), box_attention
+        )  # (n, k) indices into the box
+        keep[rows[:, None], positions[chosen]] = True
+    return keep
+
+
+def _visible_box(crop_candidates: torch.Tensor, grid: tuple[int, int]) -> tuple[int, ...] | None:
+    """(top, bottom, left, right) of a crop's candidate rectangle, None if it has none."""
+    plane = crop_candidates.view(grid)  # (H, W)
+    rows = plane.any(dim=1).nonzero().squeeze(-1)
+    cols = plane.any(dim=0).nonzero().squeeze(-1)
+    if rows.numel() == 0:
+        return None
+    box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    if int(plane.sum()) != (box[1] - box[0]) * (box[3] - box[2]):
+        raise ValueError(f"candidate tokens of a crop do not form a rectangle of its {grid} grid")
+    return box
+
+
+def _on_grid(method: SelectionMethod, grid: tuple[int, int]) -> SelectionMethod:
+    """``method`` for crops of ``grid``: a copy with that grid if the method keeps one."""
+    if getattr(method, "grid", None) in (None, grid):
+        return method
+    resized = copy.copy(method)
+    resized.grid = grid
+    return resized
