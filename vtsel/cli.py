@@ -30,25 +30,31 @@ def _tools() -> dict[str, ToolMain]:
     from vtsel.demo import write_demo_images
     from vtsel.export import export
     from vtsel.extract.run import extract
+    from vtsel.flops import flops
     from vtsel.stages import stages_main
     from vtsel.visualize import visualize
+    from vtsel.vlm_eval.run import vlm_eval
 
     return {
         "extract": _typed_tool(extract),
         "demo-data": _typed_tool(write_demo_images),
         "export": _typed_tool(export),
+        "flops": _typed_tool(flops),
         "stages": stages_main,  # passes unknown arguments on to each stage's fit
         "visualize": _typed_tool(visualize),
+        "vlm-eval": _typed_tool(vlm_eval),
     }
 
 
-TOOL_NAMES = ("extract", "demo-data", "export", "stages", "visualize")
+TOOL_NAMES = ("extract", "demo-data", "export", "flops", "stages", "visualize", "vlm-eval")
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
     "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
     "feature shards, `vtsel stages` runs a preset's training stages one fit after another, "
     "`vtsel export` writes a trained selector for inference without Lightning, "
-    "`vtsel visualize` draws which tokens an exported selector keeps of an image file "
+    "`vtsel visualize` draws which tokens an exported selector keeps of an image file, "
+    "`vtsel flops` tabulates a VLM's vision-token TFLOPs at token budgets, "
+    "`vtsel vlm-eval` scores a VLM's answers at token budgets and selection methods "
     "(each has --help)."
 )
 

@@ -1,0 +1,310 @@
+"""``vtsel flops``: what the visual tokens cost a VLM's LLM at each budget, plus the selector.
+
+The paper (§5.3, Table 1) counts only the FLOPs attributable to vision tokens, following FastV
+(Chen et al. 2024, arXiv 2403.06764) and PyramidDrop (Xing et al. 2025, arXiv 2410.17247 §4.1):
+per LLM layer, over n tokens of width d with FFN width m,
+
+    4·n·d²  (Q, K, V and output projections)  +  2·n²·d  (QKᵀ and attention·V)  +  3·n·d·m
+
+where FastV writes 2·n·d·m for a two-matrix FFN and PyramidDrop counts the three matrices of
+LLaMA's SwiGLU FFN (gate, up, down) as 3·n·d·m. Each term is a count of multiply-accumulates,
+which this convention calls FLOPs (twice as many floating-point operations are executed). The
+paper's §5.3 prints the 2·n·d·m form, but its Table 1 brackets (≈21 TFLOPs at 2880 tokens of
+Vicuna-7B, ≈10 at 1440, ≈8 at 1152, ≈4 at 640) are those of the 3·n·d·m form; 2·n·d·m would
+give 16.7, 8.0, 6.1 and 3.3. The convention also counts K and V at full width, so for LLMs
+with grouped-query attention (Mistral, Qwen2.5) it overstates the projections, as the
+papers whose numbers it reproduces do.
+
+The selector runs once per crop, before any token is dropped, over its own grid. Its cost is
+counted in the same units by PyTorch's FLOP counter on a forward pass of the real
+architecture built from the export's or preset's widths (on the meta device: no memory, no
+weights), halved to multiply-accumulates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+from vtsel.arglists import comma_list
+from vtsel.inference import CONFIG_FILE
+from vtsel.models import FeatureSelector
+from vtsel.models.selector import tokens_for_ratio
+
+TERA = 1e12
+SWIGLU_MATRICES = 3  # gate, up and down projections of a LLaMA-style FFN
+
+
+@dataclass(frozen=True)
+class LanguageModel:
+    """The widths of a VLM's LLM and how many visual tokens it receives per image.
+
+    Args:
+        hidden: Hidden size d.
+        ffn: FFN intermediate size m.
+        layers: Decoder layers l.
+        crops: Crops (or tiles, or frames) per image, each encoded on its own; the selector
+            runs once on each.
+        tokens_per_crop: Visual tokens one crop hands the LLM.
+        ffn_matrices: Weight matrices of the FFN: 3 for SwiGLU (every preset), 2 for an MLP.
+    """
+
+    hidden: int
+    ffn: int
+    layers: int
+    crops: int
+    tokens_per_crop: int
+    ffn_matrices: int = SWIGLU_MATRICES
+
+    @property
+    def full_tokens(self) -> int:
+        """Visual tokens of one image without pruning, n."""
+        return self.crops * self.tokens_per_crop
+
+
+# The LLMs of the paper's VLMs (widths from each LLM's published config.json).
+PRESETS: dict[str, LanguageModel] = {
+    # Table 1: Open-LLaVA-NeXT on Vicuna-7B, anyres with 4 crops + the overview, 24x24 each.
+    "llava-next-vicuna-7b": LanguageModel(4096, 11008, 32, crops=5, tokens_per_crop=576),
+    # Table 2: LLaVA-1.6 on Mistral-7B, the same 5 x 576 tokens.
+    "llava-next-mistral-7b": LanguageModel(4096, 14336, 32, crops=5, tokens_per_crop=576),
+    # Figure 3 / Table 4: InternVL3 on Qwen2.5-1.5B and Qwen2.5-7B; a 448 px tile gives 256
+    # tokens after pixel shuffle, and dynamic tiling uses up to 12 tiles plus a thumbnail.
+    "internvl3-2b": LanguageModel(1536, 8960, 28, crops=13, tokens_per_crop=256),
+    "internvl3-8b": LanguageModel(3584, 18944, 28, crops=13, tokens_per_crop=256),
+}
+
+
+def llm_layer_macs(tokens: int, hidden: int, ffn: int, ffn_matrices: int = SWIGLU_MATRICES) -> int:
+    """Multiply-accumulates of one decoder layer over ``tokens`` visual tokens (module doc)."""
+    projections = 4 * tokens * hidden * hidden
+    attention = 2 * tokens * tokens * hidden
+    feed_forward = ffn_matrices * tokens * hidden * ffn
+    return projections + attention + feed_forward
+
+
+def llm_macs(model: LanguageModel, tokens: int) -> int:
+    """Multiply-accumulates the LLM spends on ``tokens`` visual tokens, all layers."""
+    return model.layers * llm_layer_macs(tokens, model.hidden, model.ffn, model.ffn_matrices)
+
+
+@dataclass(frozen=True)
+class SelectorShape:
+    """The widths that decide a selector's cost (the architecture part of ``config.json``)."""
+
+    feature_dim: int
+    grid_size: tuple[int, int]
+    dim: int
+    depth: int
+    num_heads: int
+
+    @classmethod
+    def from_source(cls, source: str | Path) -> SelectorShape:
+        """Read the widths from an export folder, its ``config.json``, or a fit preset YAML.
+
+        A preset is resolved exactly as ``vtsel fit --config`` resolves it (defaults filled in),
+        so the widths are those the fit would train.
+        """
+        path = Path(source)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"selector source {source} not found: give an export folder, its {CONFIG_FILE}, "
+                f"or a fit preset such as conf/llava_next.yaml"
+            )
+        if path.suffix == ".json":
+            return cls._from_export_config(json.loads(path.read_text()), path)
+        from vtsel.cli import resolve_fit_config  # Lightning is only needed for presets
+
+        config = resolve_fit_config(["--config", str(path)])
+        return cls(
+            feature_dim=int(config.data.feature_dim),
+            grid_size=(int(config.data.grid_size[0]), int(config.data.grid_size[1])),
+            dim=int(config.model.dim),
+            depth=int(config.model.selector_depth),
+            num_heads=int(config.model.num_heads),
+        )
+
+    @classmethod
+    def _from_export_config(cls, config: dict[str, Any], path: Path) -> SelectorShape:
+        missing = [
+            key for key in ("feature_dim", "grid_size", "dim", "depth", "num_heads")
+            if key not in config
+        ]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: not a `vtsel export` config")
+        return cls(
+            feature_dim=int(config["feature_dim"]),
+            grid_size=(int(config["grid_size"][0]), int(config["grid_size"][1])),
+            dim=int(config["dim"]),
+            depth=int(config["depth"]),
+            num_heads=int(config["num_heads"]),
+        )
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one crop the selector scores, H*W."""
+        return self.grid_size[0] * self.grid_size[1]
+
+
+def selector_macs_per_crop(shape: SelectorShape) -> int:
+    """Multiply-accumulates of scoring one crop: PyTorch's FLOP count of the forward, halved.
+
+    The count covers every matrix product the selector runs (input projection, Q/K/V/output
+    projections, attention, MLP and head); norms and activations are not counted, as in the
+    LLM convention.
+    """
+    with torch.device("meta"):
+        selector = FeatureSelector(
+            feature_dim=shape.feature_dim,
+            grid_size=shape.grid_size,
+            dim=shape.dim,
+            depth=shape.depth,
+            num_heads=shape.num_heads,
+        )
+        features = torch.empty(1, shape.tokens, shape.feature_dim)  # (1, L, C), one crop
+    with FlopCounterMode(display=False) as counter:
+        selector.scores(features)
+    return counter.get_total_flops() // 2
+
+
+@dataclass(frozen=True)
+class BudgetCost:
+    """The cost of one token budget, in multiply-accumulates (the convention's FLOPs)."""
+
+    tokens: int
+    keep_ratio: float
+    llm: int
+    selector: int  # 0 at the full budget: nothing is selected
+    full_llm: int  # the LLM's cost without pruning, the reference of ``ratio_to_full``
+
+    @property
+    def total(self) -> int:
+        return self.llm + self.selector
+
+    @property
+    def ratio_to_full(self) -> float:
+        return self.total / self.full_llm
+
+
+def budget_costs(
+    model: LanguageModel, budgets: list[int], selector_per_crop: int = 0
+) -> list[BudgetCost]:
+    """The cost of each budget (visual tokens per image, 1..n) with the selector on every crop.
+
+    The full budget keeps every token, so no selector runs there and its row is the unpruned
+    model's cost.
+    """
+    full_tokens, full_llm = model.full_tokens, llm_macs(model, model.full_tokens)
+    costs = []
+    for tokens in budgets:
+        if not 1 <= tokens <= full_tokens:
+            raise ValueError(f"budget of {tokens} tokens outside [1, {full_tokens}] (n)")
+        selector = 0 if tokens == full_tokens else model.crops * selector_per_crop
+        costs.append(
+            BudgetCost(tokens, tokens / full_tokens, llm_macs(model, tokens), selector, full_llm)
+        )
+    return costs
+
+
+_COLUMNS = ("tokens", "keep", "LLM TFLOPs", "selector TFLOPs", "total TFLOPs", "of full")
+
+
+def _cells(cost: BudgetCost) -> tuple[str, ...]:
+    return (
+        str(cost.tokens),
+        f"{cost.keep_ratio:.1%}",
+        f"{cost.llm / TERA:.2f}",
+        f"{cost.selector / TERA:.3f}",
+        f"{cost.total / TERA:.2f}",
+        f"{cost.ratio_to_full:.1%}",
+    )
+
+
+def markdown_table(costs: list[BudgetCost]) -> str:
+    """The costs as a Markdown table, one row per budget."""
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(_cells(cost)) + " |" for cost in costs]
+    return "\n".join(lines)
+
+
+def rich_table(costs: list[BudgetCost], title: str) -> Table:
+    """The costs as a Rich table for the terminal."""
+    table = Table(title=title)
+    for column in _COLUMNS:
+        table.add_column(column, justify="right")
+    for cost in costs:
+        table.add_row(*_cells(cost))
+    return table
+
+
+def _language_model(model: str, overrides: dict[str, int | None]) -> LanguageModel:
+    if model not in PRESETS:
+        raise ValueError(f"unknown --model {model!r}; presets: {', '.join(PRESETS)}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return replace(PRESETS[model], **given)
+
+
+def flops(
+    model: str = "llava-next-vicuna-7b",
+    tokens: str | None = None,
+    keep: str | None = None,
+    selector: str | None = None,
+    hidden: int | None = None,
+    ffn: int | None = None,
+    layers: int | None = None,
+    crops: int | None = None,
+    tokens_per_crop: int | None = None,
+    markdown: bool = False,
+) -> list[BudgetCost]:
+    """Print the vision-token TFLOPs of a VLM's LLM at token budgets, with the selector's cost.
+
+    FLOPs follow the FastV/PyramidDrop convention of the paper's §5.3 (a multiply-accumulate
+    counts as one): per layer 4nd² + 2n²d + 3ndm over the n visual tokens kept, plus the
+    selector run once on each crop. Give the budgets as ``--tokens`` or ``--keep``.
+
+    Args:
+        model: LLM preset: llava-next-vicuna-7b, llava-next-mistral-7b, internvl3-2b,
+            internvl3-8b. ``--hidden`` etc. override its fields.
+        tokens: Visual tokens kept per image, comma-separated, e.g. ``2880,1440,640``.
+        keep: Shares of the visual tokens kept, comma-separated, e.g. ``1.0,0.5,0.1``
+            (default when ``--tokens`` is not given: 1.0,0.5,0.4,0.25,0.1).
+        selector: The selector whose cost is added: an export folder, its config.json, or a
+            fit preset (``conf/llava_next.yaml``). Without it the selector column is 0.
+        hidden: LLM hidden size d.
+        ffn: LLM FFN intermediate size m.
+        layers: LLM decoder layers.
+        crops: Crops per image (the selector runs on each).
+        tokens_per_crop: Visual tokens each crop hands the LLM.
+        markdown: Print a Markdown table instead of the terminal table.
+    """
+    overrides = {"hidden": hidden, "ffn": ffn, "layers": layers, "crops": crops,
+                 "tokens_per_crop": tokens_per_crop}
+    language_model = _language_model(model, overrides)
+    if tokens is not None and keep is not None:
+        raise ValueError("give the budgets as --tokens or as --keep, not both")
+    if tokens is not None:
+        budgets = comma_list(tokens, int, "--tokens")
+    else:
+        ratios = comma_list(keep or "1.0,0.5,0.4,0.25,0.1", float, "--keep")
+        if not all(0.0 < ratio <= 1.0 for ratio in ratios):
+            raise ValueError(f"--keep ratios must lie in (0, 1], got {keep}")
+        budgets = [tokens_for_ratio(language_model.full_tokens, ratio) for ratio in ratios]
+    per_crop = selector_macs_per_crop(SelectorShape.from_source(selector)) if selector else 0
+    costs = budget_costs(language_model, budgets, per_crop)
+    if markdown:
+        print(markdown_table(costs))
+    else:
+        title = (f"{model}: d={language_model.hidden}, m={language_model.ffn}, "
+                 f"{language_model.layers} layers, {language_model.crops} crops x "
+                 f"{language_model.tokens_per_crop} tokens")
+        Console().print(rich_table(costs, title))
+    return costs
