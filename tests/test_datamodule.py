@@ -1,9 +1,12 @@
-"""FeatureShardDataModule on real tiny shards: batch format, epoch length, DDP splits, bad data."""
+"""FeatureShardDataModule on real tiny shards: batch format, epoch length, DDP splits, bad data,
+manifests and stored attention."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,22 @@ import webdataset as wds
 from PIL import Image
 
 from tests.conftest import MakeShards
+from tests.extract_support import write_photos
 from vtsel.data import FeatureShardDataModule
-from vtsel.data.format import FEATS, SIZES_FILE, FeatureContractError, SampleMeta, encode_sample
+from vtsel.data.format import (
+    FEATS,
+    SIZES_FILE,
+    FeatureContractError,
+    SampleMeta,
+    encode_sample,
+    source_key_of,
+    write_sizes,
+)
+from vtsel.data.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from vtsel.data.shardlist import resolve_shard_urls
+from vtsel.extract import extract
+from vtsel.extract.crops import CenterCrop
+from vtsel.extract.encoders import OpenClipEncoder
 
 FEATURE_DIM, GRID, IMAGE_SIZE = 32, (4, 4), 32
 
@@ -41,14 +57,15 @@ def keys_of(batches: list[dict[str, Any]]) -> list[str]:
     return [key for batch in batches for key in batch["key"]]
 
 
-def encoded_sample(index: int, feats: np.ndarray | None = None, encoder: str = "test-encoder"):
+def encoded_sample(index: int, feats: np.ndarray | None = None, encoder: str = "test-encoder",
+                   attention: np.ndarray | None = None):
     """One sample's tar members, as `encode_sample` writes them, for hand-built shards."""
     rng = np.random.default_rng(index)
     if feats is None:
         feats = rng.standard_normal((GRID[0] * GRID[1], FEATURE_DIM)).astype(np.float32)
     meta = SampleMeta(encoder, -2, GRID, feats.shape[1], 0, (0, 0, 8, 8), f"hand{index:03d}")
     image = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
-    return encode_sample(feats, image, meta)
+    return encode_sample(feats, image, meta, attention)
 
 
 def add_shard(directory: Path, name: str, samples: list[dict[str, Any]]) -> Path:
@@ -169,7 +186,7 @@ def test_corrupt_tars_and_samples_are_counted_and_skipped(
     with caplog.at_level(logging.WARNING, logger="vtsel.data"):
         batches = train_epoch(datamodule)
     assert len(batches) == datamodule.train_batches_per_epoch == 13  # 26 listed // 2
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert any(str(truncated) in w for w in warnings)
     assert any(str(garbage) in w for w in warnings)
     assert any("shard-000007.tar" in w and "'hand000-c00'" in w for w in warnings)
@@ -190,9 +207,11 @@ def test_non_finite_features_are_skipped_naming_the_key(
     tmp_path: Path, make_shards: MakeShards, caplog: pytest.LogCaptureFixture
 ) -> None:
     shards = make_shards(tmp_path / "train", num_samples=8)
-    feats = np.zeros((GRID[0] * GRID[1], FEATURE_DIM), dtype=np.float32)
+    feats = np.zeros((GRID[0] * GRID[1], FEATURE_DIM), dtype=np.float16)
     feats[3, 5] = np.nan
-    add_shard(shards, "shard-000002.tar", [encoded_sample(7, feats=feats)])
+    npy = io.BytesIO()
+    np.save(npy, feats)  # encode_sample refuses to write NaN, so the bytes are made by hand
+    add_shard(shards, "shard-000002.tar", [{**encoded_sample(7), FEATS: npy.getvalue()}])
     with caplog.at_level(logging.WARNING, logger="vtsel.data"):
         keys = keys_of(train_epoch(make_datamodule(shards, batch_size=3, shuffle_buffer=1)))
     assert "hand007-c00" not in keys and len(keys) == 9  # 9 samples listed // 3 batches of 3
@@ -230,6 +249,90 @@ def test_too_few_shards_for_ranks_or_workers(
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match=r"2 shard.*3 ranks"):
         make_datamodule(shards).setup("fit")
+
+
+def _manifest(feature_dim: int = FEATURE_DIM, grid: tuple[int, int] = GRID,
+              encoder: str = "test-encoder") -> Manifest:
+    return Manifest(encoder=encoder, layer=-2, grid=grid, feature_dim=feature_dim, image_size=64,
+                    attention=False, feature_dtype="float16", target_size=IMAGE_SIZE,
+                    config={"encoder": {"encoder_id": encoder}}, inputs={"count": 0, "sha256": ""})
+
+
+@pytest.mark.parametrize(
+    ("manifest_args", "message"),
+    [
+        ({"feature_dim": 48}, r"feature_dim is 48 there but 32 in the config"),
+        ({"grid": (8, 8)}, r"grid is \[8, 8\] there but \[4, 4\] in the config"),
+        ({"encoder": "other-encoder"}, r"encoder is 'other-encoder' there but 'test-encoder'"),
+    ],
+)
+def test_a_manifest_of_another_model_stops_setup_naming_the_file(
+    tmp_path: Path, make_shards: MakeShards, manifest_args: dict[str, Any], message: str
+) -> None:
+    shards = make_shards(tmp_path / "out" / "train", num_samples=4)
+    write_manifest(tmp_path / "out" / MANIFEST_FILE, _manifest(**manifest_args))
+    where = re.escape(str(tmp_path / "out" / MANIFEST_FILE))
+    with pytest.raises(FeatureContractError, match=f"{where} does not match.*{message}"):
+        make_datamodule(shards, encoder="test-encoder").setup("fit")
+
+
+def test_a_matching_manifest_loads_and_shards_without_one_warn(
+    tmp_path: Path, make_shards: MakeShards, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = make_shards(tmp_path / "out" / "train", num_samples=8)
+    write_manifest(tmp_path / "out" / MANIFEST_FILE, _manifest())
+    old = make_shards(tmp_path / "old" / "val", num_samples=4, seed=1)
+    with caplog.at_level(logging.WARNING, logger="vtsel.data"):
+        datamodule = make_datamodule(train, val_shards=str(old), encoder="test-encoder")
+        assert len(train_epoch(datamodule)) == 2
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{old} has no manifest.json")
+
+
+def test_attention_is_batched_when_stored_and_a_mix_is_refused(tmp_path: Path) -> None:
+    shards = tmp_path / "val"
+    shards.mkdir()
+    write_sizes(shards, {})  # add_shard lists each tar it writes
+    rng = np.random.default_rng(0)
+    attention = rng.random((3, GRID[0] * GRID[1])).astype(np.float32)  # (3, L)
+    add_shard(shards, "shard-000000.tar", [
+        encoded_sample(i, attention=attention[i]) for i in range(3)
+    ])
+    datamodule = make_datamodule(val_shards=str(shards), batch_size=3)
+    datamodule.setup("validate")
+    (batch,) = list(datamodule.val_dataloader())
+    assert batch["attention"].shape == (3, GRID[0] * GRID[1])
+    np.testing.assert_allclose(batch["attention"].numpy(), attention, rtol=1e-3)
+    add_shard(shards, "shard-000001.tar", [encoded_sample(9)])  # no attention
+    datamodule = make_datamodule(val_shards=str(shards), batch_size=4)
+    datamodule.setup("validate")
+    with pytest.raises(FeatureContractError, match=r"have attn\.npy but \['hand009-c00'\]"):
+        list(datamodule.val_dataloader())
+
+
+def test_extracted_attention_reaches_the_batch(tmp_path: Path) -> None:
+    """Round trip: the encoder's CLS attention, through `vtsel extract`, to batch["attention"]."""
+    keys = write_photos(tmp_path / "images", 3)
+    encoder = OpenClipEncoder("ViT-S-16", attention=True)
+    extract(str(tmp_path / "images"), str(tmp_path / "out"), encoder=encoder, num_workers=0)
+    manifest = read_manifest(tmp_path / "out" / MANIFEST_FILE)
+    assert manifest.attention is True
+    datamodule = FeatureShardDataModule(
+        val_shards=f"{tmp_path}/out/train::{tmp_path}/out/val", feature_dim=384,
+        grid_size=(14, 14), image_size=112, encoder=manifest.encoder, batch_size=3,
+        num_workers=0,
+    )
+    datamodule.setup("validate")
+    (batch,) = list(datamodule.val_dataloader())
+    assert batch["attention"].shape == (3, 196)
+    torch.testing.assert_close(batch["attention"].sum(dim=1), torch.ones(3), atol=1e-2, rtol=0)
+    for row, key in enumerate(batch["key"]):
+        source = Image.open(tmp_path / "images" / f"{source_key_of(key)[0]}.png").convert("RGB")
+        (crop,) = CenterCrop().crops(source, 224)
+        with torch.inference_mode():
+            expected = encoder(encoder.normalize(crop.view)[None]).attention[0]  # (196,)
+        torch.testing.assert_close(batch["attention"][row], expected, atol=1e-4, rtol=1e-2)
+    assert sorted(source_key_of(k)[0] for k in batch["key"]) == keys
 
 
 class BatchCounter(L.LightningModule):

@@ -1,10 +1,10 @@
-"""Feature extraction with a real (random-weight) open_clip ViT-S-16 on a handful of images."""
+"""`vtsel extract` with a real (random-weight) open_clip ViT-S-16 on real photos: the shards'
+contract, the manifest, the split, resuming, refusing another config, the command line."""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,112 +13,102 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
-from vtsel.data.format import decode_sample
-from vtsel.demo import write_demo_images
-from vtsel.extract import OpenClipEncoder, extract
-from vtsel.extract.encoders import RANDOM_INIT_SEED
-from vtsel.images import to_rgb
+from tests.extract_support import (
+    assert_each_once,
+    features_by_key,
+    read_split,
+    source_keys,
+    tars,
+    write_photos,
+)
+from vtsel.cli import main
+from vtsel.data.manifest import config_hash, read_manifest
+from vtsel.extract import extract
+from vtsel.extract.crops import CenterCrop
+from vtsel.extract.encoders import RANDOM_INIT_SEED, OpenClipEncoder
 
 EXPECTED_ENCODER = "open_clip:ViT-S-16:random:layer-2"
-# Inputs that must be skipped, and the keys of those that must be converted and kept.
-BROKEN = ("corrupt.png", "truncated.jpg", "tiny.png")
-CONVERTED = ("gray", "rgba", "palette", "cmyk", "deep16", "sub/scan.v2.final")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _write_odd_inputs(folder: Path, photo: Image.Image) -> None:
-    """Files in the modes and states real image folders contain."""
-    (folder / "sub").mkdir()
-    photo.convert("L").save(folder / "gray.png")
-    photo.convert("RGBA").save(folder / "rgba.png")
-    photo.convert("P").save(folder / "palette.gif")
-    photo.convert("CMYK").save(folder / "cmyk.jpg")
-    deep = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(deep).save(folder / "deep16.png")  # mode I;16
-    photo.save(folder / "sub" / "scan.v2.final.jpg")
-    Image.new("RGB", (1, 1), "red").save(folder / "tiny.png")
-    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    photo.save(folder / "whole.jpg")
-    whole = (folder / "whole.jpg").read_bytes()
-    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
-    (folder / "whole.jpg").unlink()
-    (folder / "notes.txt").write_text("not an image, not listed")
+@pytest.fixture(scope="module")
+def encoder() -> OpenClipEncoder:
+    """One ViT-S-16 for the module: building it is the slow part of a small extraction."""
+    return OpenClipEncoder("ViT-S-16", pretrained=None, layer=-2)
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    demo = tmp_path_factory.mktemp("demo")
-    write_demo_images(str(demo), num_documents=2, num_charts=2, crops_per_photo=0)
     folder = tmp_path_factory.mktemp("images")
-    for name in ("doc-0", "doc-1", "chart-0", "chart-1", "photo-mpl-grace_hopper-0"):
-        shutil.copy(demo / f"{name}.png", folder / f"{name}.png")
-    _write_odd_inputs(folder, Image.open(demo / "photo-sklearn-china-0.png"))
+    write_photos(folder, 6)
     return folder
 
 
-def _run(image_dir: Path, out: Path) -> None:
-    extract(str(image_dir), str(out), val_fraction=0.3, batch_size=4, shard_maxcount=3)
+def _run(images: Path, out: Path, encoder: OpenClipEncoder, **overrides: object):
+    args = dict(val_fraction=0.3, batch_size=4, shard_maxcount=2, unit_size=2, num_workers=0)
+    args.update(overrides)
+    return extract(str(images), str(out), encoder=encoder, **args)
 
 
 @pytest.fixture(scope="module")
-def shards(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(image_dir: Path, encoder: OpenClipEncoder, tmp_path_factory: pytest.TempPathFactory
+           ) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    _run(image_dir, out)
+    _run(image_dir, out, encoder)
     return out
 
 
-def _tars(shard_dir: Path) -> list[str]:
-    return sorted(str(p) for p in shard_dir.glob("*.tar"))
-
-
-def _samples(out: Path, split: str) -> list:
-    return [decode_sample(raw) for raw in wds.WebDataset(_tars(out / split), shardshuffle=False)]
-
-
-def _keys_by_split(out: Path) -> dict[str, set[str]]:
-    return {split: {s.meta.source_key for s in _samples(out, split)} for split in ("train", "val")}
-
-
-def test_shards_decode_with_the_expected_contract(shards: Path) -> None:
-    samples = _samples(shards, "train") + _samples(shards, "val")
-    kept = {"doc-0", "doc-1", "chart-0", "chart-1", "photo-mpl-grace_hopper-0", *CONVERTED}
-    assert {s.meta.source_key for s in samples} == kept
-    for sample in samples:
-        assert sample.feats.shape == (196, 384)
-        assert np.isfinite(sample.feats).all()
+def test_every_image_is_one_sample_of_the_contract(shards: Path, image_dir: Path) -> None:
+    assert_each_once(shards, {p.stem for p in image_dir.glob("*.png")})
+    samples = read_split(shards, "train") + read_split(shards, "val")
+    for key, sample in samples:
+        assert key == f"{sample.meta.source_key}-c00"
+        assert sample.feats.shape == (196, 384) and np.isfinite(sample.feats).all()
         assert sample.image.size == (112, 112)
+        assert sample.attention is None
         assert sample.meta.encoder == EXPECTED_ENCODER
         assert (sample.meta.grid, sample.meta.feature_dim, sample.meta.layer) == ((14, 14), 384, -2)
-    with tarfile.open(_tars(shards / "train")[0]) as tar:
+    with tarfile.open(tars(shards, "train")[0]) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".feats.npy"))
         on_disk = np.load(io.BytesIO(tar.extractfile(member).read()))
     assert on_disk.dtype == np.float16 and on_disk.shape == (196, 384)
+    assert len(tars(shards, "train")) > 2  # units of 2 images, tars of at most 2 samples
 
 
-def test_sizes_json_counts_every_tar(shards: Path) -> None:
-    for split in ("train", "val"):
-        sizes = json.loads((shards / split / "sizes.json").read_text())
-        assert sorted(sizes) == sorted(Path(t).name for t in _tars(shards / split))
-        for tar_name, count in sizes.items():
-            with tarfile.open(shards / split / tar_name) as tar:
-                assert count == len({m.name.split(".")[0] for m in tar.getmembers()})
-        assert sum(sizes.values()) == len(_samples(shards, split))
-    assert len(_tars(shards / "train")) > 1  # shard_maxcount=3 rolls over
+def test_manifest_describes_encoder_crops_and_config(
+    shards: Path, encoder: OpenClipEncoder
+) -> None:
+    manifest = read_manifest(shards / "manifest.json")
+    assert (manifest.encoder, manifest.layer, manifest.grid) == (EXPECTED_ENCODER, -2, (14, 14))
+    assert (manifest.feature_dim, manifest.image_size, manifest.target_size) == (384, 224, 112)
+    assert manifest.feature_dtype == "float16" and manifest.attention is False
+    assert manifest.config["encoder"] == json.loads(json.dumps(encoder.describe()))
+    assert manifest.config["crops"] == CenterCrop().describe()
+    assert manifest.inputs["count"] == 6
+    written = json.loads((shards / "manifest.json").read_text())
+    assert written["config_hash"] == config_hash(manifest.config)
 
 
-def test_split_is_by_source_and_repeatable(shards: Path, image_dir: Path, tmp_path: Path) -> None:
-    first = _keys_by_split(shards)
+def test_split_is_by_source_and_independent_of_units(
+    shards: Path, image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    first = source_keys(shards)
     assert first["train"] and first["val"]
-    assert not first["train"] & first["val"]
-    _run(image_dir, tmp_path)
-    assert _keys_by_split(tmp_path) == first
+    assert not set(first["train"]) & set(first["val"])
+    _run(image_dir, tmp_path, encoder, unit_size=4, batch_size=3)
+    assert {k: set(v) for k, v in source_keys(tmp_path).items()} == {
+        k: set(v) for k, v in first.items()
+    }
+    again, before = features_by_key(tmp_path), features_by_key(shards)
+    for key, feats in before.items():
+        np.testing.assert_allclose(again[key], feats, atol=2e-3, rtol=2e-3)
 
 
 def test_features_match_open_clip_on_the_same_crop(shards: Path, image_dir: Path) -> None:
-    sample = next(s for s in _samples(shards, "train") + _samples(shards, "val"))
-    source = to_rgb(Image.open(next(image_dir.glob(sample.meta.source_key + ".*"))))
+    _, sample = read_split(shards, "train")[0]
+    source = Image.open(image_dir / f"{sample.meta.source_key}.png").convert("RGB")
     x0, y0, x1, y1 = sample.meta.crop_box
     side = min(source.size)
     assert (x1 - x0, y1 - y0) == (side, side)  # the centred square
@@ -137,41 +127,114 @@ def test_features_match_open_clip_on_the_same_crop(shards: Path, image_dir: Path
     np.testing.assert_allclose(sample.feats, expected, atol=1e-2, rtol=1e-2)
 
 
-def test_bad_inputs_are_skipped_and_named(
-    image_dir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+def test_rerun_keeps_committed_units_and_redoes_the_rest(
+    shards: Path, image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path
 ) -> None:
-    with caplog.at_level(logging.WARNING):
-        _run(image_dir, tmp_path)
-    printed = capsys.readouterr().out
-    assert f"skipped {len(BROKEN)} of" in printed
-    for name in BROKEN:
-        assert name in printed and name in caplog.text
-    assert "1x1" in printed
+    out = tmp_path / "shards"
+    shutil.copytree(shards, out)
+    # As if killed after unit 1's tars were moved into place but before its ledger record,
+    # and while unit 2 was being written.
+    (out / "units" / "unit-000001.json").unlink()
+    (out / ".partial" / "unit-000002" / "train").mkdir(parents=True)
+    (out / ".partial" / "unit-000002" / "train" / "shard-000002-000.tar").write_bytes(b"half")
+    (out / "train" / "sizes.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-00000[02]-*.tar")}
+    redone = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-000001-*.tar")}
+    summary = _run(image_dir, out, encoder)
+    assert_each_once(out, {p.stem for p in image_dir.glob("*.png")})
+    assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert redone and all(p.stat().st_mtime_ns != t for p, t in redone.items())
+    assert not (out / ".partial").exists()
+    assert summary.samples["train"] + summary.samples["val"] == 6
 
 
-def test_list_file_input(image_dir: Path, tmp_path: Path) -> None:
+def test_another_config_is_refused_unless_overwrite(
+    image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("img-00.png", "img-01.png"):
+        shutil.copy(image_dir / name, two / name)
+    out = tmp_path / "out"
+    _run(two, out, encoder)
+    with pytest.raises(ValueError, match=r"manifest\.json.*target_size: 112 -> 64"):
+        _run(two, out, encoder, target_size=64)
+    shutil.copy(image_dir / "img-02.png", two / "img-02.png")
+    with pytest.raises(ValueError, match=r"inputs changed.*2 images then, 3 now"):
+        _run(two, out, encoder)
+    _run(two, out, encoder, target_size=64, overwrite=True)
+    assert read_manifest(out / "manifest.json").target_size == 64
+    assert_each_once(out, {"img-00", "img-01", "img-02"})
+    assert {s.image.size for _, s in read_split(out, "train")} == {(64, 64)}
+
+
+def test_shards_without_a_manifest_are_not_resumed(
+    image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "shard-000000.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds shards but no manifest\.json.*--overwrite"):
+        _run(image_dir, tmp_path, encoder)
+
+
+def test_command_line_takes_encoder_and_crops_as_classes(image_dir: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(image_dir / "img-03.png", one / "img-03.png")
+    main([
+        "extract", "--config", str(REPO / "conf" / "extract" / "demo.yaml"),
+        "--images", str(one), "--out", str(tmp_path / "out"), "--num_workers", "0",
+        "--encoder.layer", "-3", "--crops", "Resize",
+    ])
+    manifest = read_manifest(tmp_path / "out" / "manifest.json")
+    assert manifest.encoder == "open_clip:ViT-S-16:random:layer-3"
+    assert manifest.config["crops"]["plan"] == "Resize"
+    (_, sample), = read_split(tmp_path / "out", "train") + read_split(tmp_path / "out", "val")
+    assert sample.meta.crop_box == (0, 0, 144, 96)  # the whole image, squashed
+
+
+def test_list_file_input(image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path) -> None:
     listing = tmp_path / "images.txt"
-    listing.write_text(f"{image_dir / 'doc-0.png'}\n{image_dir / 'sub' / 'scan.v2.final.jpg'}\n")
-    extract(str(listing), str(tmp_path / "out"), val_fraction=0.5)
-    keys = _keys_by_split(tmp_path / "out")
-    assert keys["train"] | keys["val"] == {"doc-0", "sub/scan.v2.final"}
-    assert len(keys["val"]) == 1
+    listing.write_text(
+        f"# two photos\n{image_dir / 'img-00.png'}\n\n{image_dir / 'img-04.png'}\n"
+        f"{image_dir / 'gone.png'}\n"
+    )
+    summary = _run(listing, tmp_path / "out", encoder, val_fraction=0.5)
+    assert_each_once(tmp_path / "out", {"img-00", "img-04"})
+    assert [(Path(s.where).name, s.kind) for s in summary.skipped] == [("gone.png", "missing")]
 
 
-def test_empty_glob_names_the_pattern(tmp_path: Path) -> None:
-    pattern = str(tmp_path / "nothing-here" / "*.png")
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
-        extract(pattern, str(tmp_path / "out"))
+@pytest.mark.parametrize("layout", ["glob", "folder of tars", "list file"])
+def test_empty_input_names_the_spec(layout: str, tmp_path: Path) -> None:
+    if layout == "glob":
+        spec, message = str(tmp_path / "nothing-here" / "*.png"), "nothing-here"
+    elif layout == "folder of tars":
+        (tmp_path / "shards").mkdir()
+        (tmp_path / "shards" / "00000.tar").write_bytes(b"")
+        spec, message = str(tmp_path / "shards"), r"1 \.tar file.*shards/\*\.tar"
+    else:
+        (tmp_path / "list.txt").write_text("# nothing\n")
+        spec, message = str(tmp_path / "list.txt"), "list.txt"
+    with pytest.raises(FileNotFoundError, match=message):
+        extract(spec, str(tmp_path / "out"))
 
 
-def test_duplicate_keys_name_both_files(tmp_path: Path) -> None:
-    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
-    with pytest.raises(ValueError, match=r"a\.jpg.*a\.png"):
-        extract(str(tmp_path), str(tmp_path / "out"))
+def test_device_and_accelerator_must_agree(image_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="device='cpu' and accelerator='gpu' disagree"):
+        extract(str(image_dir), str(tmp_path), device="cpu", accelerator="gpu")
+    with pytest.raises(ValueError, match=r"cuda:1.*devices=2"):
+        extract(str(image_dir), str(tmp_path), device="cuda:1", devices=2)
+
+
+@pytest.mark.parametrize("preset", ["demo", "llava_next", "internvl"])
+def test_presets_parse(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["extract", "--config", str(REPO / "conf" / "extract" / f"{preset}.yaml"),
+              "--print_config"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: vtsel.extract.encoders." in printed
+    assert "class_path: vtsel.extract.crops." in printed
 
 
 def test_local_weights_file_is_loaded_and_named(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch.distributed as dist
 import webdataset as wds
 
-from vtsel.data.shardlist import ShardSet, load_shard_set
+from vtsel.data.manifest import check_manifest, find_manifest
+from vtsel.data.shardlist import ShardSet, is_remote, load_shard_set
 from vtsel.data.stream import SampleSpec, train_stream, val_stream
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,13 @@ class FeatureShardDataModule(L.LightningDataModule):
     """Batches of precomputed encoder features and their crops, streamed from WebDataset shards.
 
     Each batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1],
-    "key": list of B sample keys}`` with L = H*W. Training streams are endless and cut into equal
-    epochs on every rank, because DDP hangs if one rank runs out of batches before the others.
+    "key": list of B sample keys}`` with L = H*W, plus ``"attention": (B, L) float32`` when the
+    shards store it (``attn.npy``). Before any tar is read, the ``manifest.json`` that
+    ``vtsel extract`` wrote next to each shard folder is checked against ``feature_dim``,
+    ``grid_size`` and ``encoder``; folders without one (older shards) only get a warning, and
+    every sample's ``meta.json`` is still checked as it is read. Training streams are endless and
+    cut into equal epochs on every rank, because DDP hangs if one rank runs out of batches before
+    the others.
 
     Args:
         train_shards: Training shards: a glob, a brace pattern (``shard-{000000..000099}.tar``),
@@ -159,6 +166,22 @@ class FeatureShardDataModule(L.LightningDataModule):
         )
         return _SplitPlan(shards, num_workers, num_batches)
 
+    def _load_checked(self, spec: str, num_samples: int | None) -> ShardSet:
+        """The shards of ``spec``, after their folders' manifests are checked against the config."""
+        shards = load_shard_set(spec, num_samples)
+        folders = dict.fromkeys(Path(url).parent for url in shards.urls if not is_remote(url))
+        for folder in folders:
+            manifest = find_manifest(folder)
+            if manifest is not None:
+                spec = self.sample_spec
+                check_manifest(manifest, spec.feature_dim, spec.grid_size, spec.encoder)
+            else:
+                log.warning(
+                    "%s has no manifest.json (nor has its parent): shards from before manifests "
+                    "or from another tool; only each sample's meta.json is checked", folder,
+                )
+        return shards
+
     def setup(self, stage: str) -> None:
         """Resolve and count the shards a stage reads, for this rank."""
         self.rank, self.world_size = self._rank_and_world()
@@ -166,15 +189,17 @@ class FeatureShardDataModule(L.LightningDataModule):
             if self.train_shards is None:
                 raise ValueError("fitting needs train_shards (e.g. --data.train_shards DIR)")
             self._train_plan = self._plan_train(
-                load_shard_set(self.train_shards, self.train_num_samples)
+                self._load_checked(self.train_shards, self.train_num_samples)
             )
         if stage in ("fit", "validate") and self.val_shards is not None:
-            self._val_plan = self._plan_val(load_shard_set(self.val_shards, self.val_num_samples))
+            self._val_plan = self._plan_val(
+                self._load_checked(self.val_shards, self.val_num_samples)
+            )
         if stage in ("test", "predict"):
             spec = self.test_shards or self.val_shards
             if spec is None:
                 raise ValueError(f"{stage} needs test_shards or val_shards (--data.test_shards)")
-            self._test_plan = self._plan_val(load_shard_set(spec, None))
+            self._test_plan = self._plan_val(self._load_checked(spec, None))
 
     @property
     def train_batches_per_epoch(self) -> int:

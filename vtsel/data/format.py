@@ -1,6 +1,6 @@
 """The feature-shard format: one place that says how a sample is written and read back.
 
-A shard is a WebDataset tar; each sample is one encoder crop and holds three members:
+A shard is a WebDataset tar; each sample is one encoder crop and holds these members:
 
 - ``<key>.feats.npy``  (L, C) float16, the encoder's per-token features, row-major over the
   (H, W) token grid (L = H*W).
@@ -8,16 +8,27 @@ A shard is a WebDataset tar; each sample is one encoder crop and holds three mem
   extraction's target resolution: the image reconstructor's target.
 - ``<key>.meta.json``  ``{"encoder", "layer", "grid": [H, W], "feature_dim", "crop_index",
   "crop_box": [x0, y0, x1, y1], "source_key"}``.
+- ``<key>.attn.npy``  optional, (L,) float16: how much attention each token receives from the
+  encoder (e.g. the CLS token's), for selection methods that rank tokens by it. Either every
+  sample of an extraction has it or none does.
+
+``<key>`` is :func:`sample_key` of the source image's key and the crop index: reversible, so the
+source key never has to be guessed back from a mangled name.
 
 Next to the tars, ``sizes.json`` maps each tar's file name to its sample count, so a reader knows
-the epoch length without opening the tars. ``data/README.md`` documents the same for users.
+the epoch length without opening the tars. One folder up, ``manifest.json``
+(:mod:`vtsel.data.manifest`) says which encoder and crops made the features.
+``data/README.md`` documents the same for users.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import string
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +39,7 @@ from PIL import Image
 FEATS = "feats.npy"
 IMAGE = "image.png"
 META = "meta.json"
+ATTN = "attn.npy"
 SIZES_FILE = "sizes.json"
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -82,37 +94,90 @@ class SampleMeta:
         )
 
 
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
+# Kept as they are in a sample key; every other character (and a leading "_") is %-escaped.
+_KEY_SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
+_CROP_SUFFIX = re.compile(r"-c(\d{2,})$")
 
 
 def sample_key(source_key: str, crop_index: int) -> str:
-    """A WebDataset-safe key: WebDataset splits a member name at its first dot, so dots (and
-    anything outside ``[A-Za-z0-9_-]``) become ``_``, and a leading ``_`` (reserved for
-    ``__key__``-style fields) is prefixed with ``k``."""
-    safe = _UNSAFE_KEY_CHARS.sub("_", source_key)
-    if safe.startswith("_"):
-        safe = "k" + safe
-    return f"{safe}-c{crop_index:02d}"
+    """The WebDataset key of one crop: the source key %-escaped, then ``-c<crop index>``.
+
+    WebDataset splits a member name at its first dot (``a.b.feats.npy`` would be key ``a``) and
+    skips names that start with ``__``, so every character outside ``[A-Za-z0-9_-]``, and a
+    leading ``_``, becomes ``%XX`` per UTF-8 byte: ``sub/scan.v2`` -> ``sub%2Fscan%2Ev2-c00``.
+    Unlike replacing them with ``_`` this is one-to-one, so ``a.b`` and ``a_b`` stay apart and
+    :func:`source_key_of` recovers the original.
+    """
+    if crop_index < 0:
+        raise ValueError(f"crop index must be >= 0, got {crop_index}")
+    escaped = "".join(
+        char if char in _KEY_SAFE_CHARS and not (pos == 0 and char == "_")
+        else "".join(f"%{byte:02X}" for byte in char.encode())
+        for pos, char in enumerate(source_key)
+    )
+    return f"{escaped}-c{crop_index:02d}"
 
 
-def encode_sample(feats: np.ndarray, image: Image.Image, meta: SampleMeta) -> dict[str, Any]:
-    """Bytes for ``wds.ShardWriter.write``; ``feats`` is (L, C) and stored as float16."""
+def source_key_of(key: str) -> tuple[str, int]:
+    """The source key and crop index a :func:`sample_key` was made from."""
+    match = _CROP_SUFFIX.search(key)
+    if match is None:
+        raise ValueError(f"{key!r} does not end in a crop index such as '-c00'")
+    return urllib.parse.unquote(key[: match.start()], errors="strict"), int(match.group(1))
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """The ``image.png`` member of an RGB image (done where the crop is made, off the writer).
+
+    Compression level 1 of 9: half the time of PNG's default for a few percent more bytes,
+    which the float16 features outweigh several times over; extraction encodes one per crop.
+    """
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def encode_sample(
+    feats: np.ndarray,
+    image: Image.Image | bytes,
+    meta: SampleMeta,
+    attention: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Bytes for ``wds.ShardWriter.write``; ``feats`` (L, C) and ``attention`` (L,) are stored
+    as float16, ``image`` is a PIL image or its :func:`encode_png` bytes.
+
+    Raises:
+        FeatureContractError: ``feats`` or ``attention`` do not fit ``meta``'s grid and width.
+        CorruptSampleError: A value is not finite in float16 (NaN, or beyond +-65504): stored,
+            the reader would reject it, so the caller skips the crop instead.
+    """
     h, w = meta.grid
     if feats.shape != (h * w, meta.feature_dim):
         raise FeatureContractError(
             f"feats of shape {tuple(feats.shape)} do not match grid {h}x{w} and "
             f"feature_dim {meta.feature_dim} for source {meta.source_key!r}"
         )
-    feats_buf = io.BytesIO()
-    np.save(feats_buf, np.ascontiguousarray(feats, dtype=np.float16))
-    image_buf = io.BytesIO()
-    image.convert("RGB").save(image_buf, format="PNG")
-    return {
-        "__key__": sample_key(meta.source_key, meta.crop_index),
-        FEATS: feats_buf.getvalue(),
-        IMAGE: image_buf.getvalue(),
-        META: meta.to_json(),
-    }
+    if attention is not None and attention.shape != (h * w,):
+        raise FeatureContractError(
+            f"attention of shape {tuple(attention.shape)} does not match grid {h}x{w} for "
+            f"source {meta.source_key!r}"
+        )
+    key = sample_key(meta.source_key, meta.crop_index)
+    stored = {FEATS: feats} if attention is None else {FEATS: feats, ATTN: attention}
+    sample: dict[str, Any] = {"__key__": key}
+    for name, values in stored.items():
+        half = np.ascontiguousarray(values, dtype=np.float16)
+        if not np.isfinite(half).all():
+            raise CorruptSampleError(
+                f"{name} of {key!r} has {int((~np.isfinite(half)).sum())} value(s) that are not "
+                f"finite in float16 (NaN, or beyond +-65504)"
+            )
+        buffer = io.BytesIO()
+        np.save(buffer, half)
+        sample[name] = buffer.getvalue()
+    sample[IMAGE] = image if isinstance(image, bytes) else encode_png(image)
+    sample[META] = meta.to_json()
+    return sample
 
 
 @dataclass(frozen=True)
@@ -120,6 +185,7 @@ class DecodedSample:
     feats: np.ndarray  # (L, C) float32
     image: Image.Image  # RGB
     meta: SampleMeta
+    attention: np.ndarray | None = None  # (L,) float32, when the shard stores it
 
 
 def decode_sample(raw: dict[str, Any]) -> DecodedSample:
@@ -133,6 +199,10 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
         image = Image.open(io.BytesIO(raw[IMAGE]))
         image.load()
         meta = SampleMeta.from_json(raw[META])
+        attention = (
+            np.load(io.BytesIO(raw[ATTN]), allow_pickle=False).astype(np.float32)
+            if ATTN in raw else None
+        )
     except Exception as err:  # any decoding failure is a corrupt sample
         raise CorruptSampleError(f"{where} cannot be decoded: {err}") from err
     if feats.ndim != 2:
@@ -140,7 +210,14 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=1).sum())
         raise CorruptSampleError(f"{where} has non-finite (NaN/Inf) features in {bad} token(s)")
-    return DecodedSample(feats=feats, image=image.convert("RGB"), meta=meta)
+    if attention is not None and (
+        attention.shape != (feats.shape[0],) or not np.isfinite(attention).all()
+    ):
+        raise CorruptSampleError(
+            f"{where} has attention of shape {attention.shape} (or non-finite), expected "
+            f"({feats.shape[0]},) finite"
+        )
+    return DecodedSample(feats, image.convert("RGB"), meta, attention)
 
 
 def check_contract(
@@ -181,8 +258,17 @@ def read_sizes(shard_dir: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write, flush to disk, then rename into place: a reader (or a rerun after a kill) sees
+    the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    tmp.replace(path)
+
+
 def write_sizes(shard_dir: Path, sizes: dict[str, int]) -> None:
     """Write ``sizes.json`` atomically so a killed writer never leaves a half file."""
-    tmp = shard_dir / (SIZES_FILE + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(sizes.items())), indent=1))
-    tmp.replace(shard_dir / SIZES_FILE)
+    write_atomically(shard_dir / SIZES_FILE, json.dumps(dict(sorted(sizes.items())), indent=1))

@@ -1,6 +1,7 @@
 """WebDataset pipelines that turn feature shards into training and validation batches.
 
-A batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1], "key": [B]}``.
+A batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1], "key": [B]}``,
+plus ``"attention": (B, L) float32`` when the shards store each token's attention.
 The DataModule decides how many batches each worker makes; this module only builds the streams.
 """
 
@@ -19,7 +20,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from vtsel.data.format import CorruptSampleError, check_contract, decode_sample
+from vtsel.data.format import (
+    CorruptSampleError,
+    FeatureContractError,
+    check_contract,
+    decode_sample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +123,33 @@ def decode_and_check(
             continue
         check_contract(sample, f"sample {key!r} in {url}", spec.feature_dim, spec.grid_size,
                        spec.encoder)
-        yield {
+        decoded = {
             "feats": torch.from_numpy(sample.feats),  # (L, C)
             "image": image_to_tensor(sample.image, spec.image_size),  # (3, S, S)
             "key": key,
         }
+        if sample.attention is not None:
+            decoded["attention"] = torch.from_numpy(sample.attention)  # (L,)
+        yield decoded
 
 
 def collate(samples: list[Sample]) -> Sample:
-    return {
+    """Stack samples; ``attention`` only if every sample has it (one extraction's shards do)."""
+    batch = {
         "feats": torch.stack([s["feats"] for s in samples]),  # (B, L, C)
         "image": torch.stack([s["image"] for s in samples]),  # (B, 3, S, S)
         "key": [s["key"] for s in samples],
     }
+    with_attention = [s["key"] for s in samples if "attention" in s]
+    if len(with_attention) == len(samples):
+        batch["attention"] = torch.stack([s["attention"] for s in samples])  # (B, L)
+    elif with_attention:
+        without = [s["key"] for s in samples if "attention" not in s]
+        raise FeatureContractError(
+            f"samples {with_attention[:3]} have attn.npy but {without[:3]} do not: the shards "
+            f"mix extractions with and without attention"
+        )
+    return batch
 
 
 def _read_tars(budget: CorruptionBudget) -> list[Any]:
