@@ -39,9 +39,12 @@ test: $(INSTALLED)
 test-slow: $(INSTALLED)
 	$(BIN)/pytest -m slow
 
-# Lightning vs plain PyTorch step time, and DataModule headroom; rewrites BENCHMARKS.md (~3 min)
+# Every benchmark script; each rewrites its own sections of BENCHMARKS.md (~30 min on 2 cores)
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_extraction.py
+	$(BIN)/python benchmarks/bench_selection.py
+	$(BIN)/python benchmarks/bench_vlm_prefill.py
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo
