@@ -34,20 +34,19 @@ from PIL import Image
 from skimage import data
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessor,
-    LlavaNextProcessor,
-)
+from transformers import LlavaNextForConditionalGeneration
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the tests' offline tokenizer
+sys.path.insert(0, str(REPO))  # the tests' offline model builder
 
 from benchmarks.report import BENCHMARKS_FILE, machine, update_section  # noqa: E402
-from tests.test_integrations import tiny_tokenizer  # noqa: E402
+from tests.tiny_vlms import (  # noqa: E402
+    LLAVA_IMAGE_TOKENS,
+    WORDS,
+    Stack,
+    tiny_llava_next,
+    word_tokenizer,
+)
 from vtsel.inference import TokenSelector  # noqa: E402
 from vtsel.integrations import Budget, PruningHandle, attach, prune_inputs  # noqa: E402
 from vtsel.models import FeatureSelector  # noqa: E402
@@ -56,10 +55,11 @@ THREADS = 2
 REPEATS = 3
 KEEP_RATIOS = (1.0, 0.5, 0.4, 0.25, 0.1)
 UNPRUNED = "unpruned model"
-CROP, PATCH, VISION_WIDTH = 336, 14, 256
+CROP, PATCH = 336, 14
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # LLaVA-NeXT's
-TEXT = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-            num_key_value_heads=16, vocab_size=32000)
+TOWER = Stack(width=256, layers=4, heads=4, intermediate=4 * 256)
+LLM = Stack(width=1024, layers=8, heads=16, intermediate=2816)
+VOCAB_SIZE = 32000  # Llama's: the embedding and LM head at their real size
 SELECTOR = dict(dim=128, depth=4, num_heads=4)
 TABLE_HEAD = (
     "| run | visual tokens to the LLM | median prefill (s) | time ÷ unpruned | FLOPs ÷ unpruned "
@@ -71,29 +71,14 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt: blocks above this many bytes are mmapped
 
 def build() -> tuple[LlavaNextForConditionalGeneration, Any, TokenSelector]:
     """(model, processor inputs for one photo, selector), all random weights, fp32, SDPA."""
-    torch.manual_seed(0)
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=VISION_WIDTH, intermediate_size=4 * VISION_WIDTH,
-                                       num_hidden_layers=4, num_attention_heads=4,
-                                       image_size=CROP, patch_size=PATCH),
-        text_config=LlamaConfig(**TEXT, pad_token_id=0),
-        image_token_id=2, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", attn_implementation="sdpa",
-    )
-    model = LlavaNextForConditionalGeneration(config).eval()
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessor(
-            size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
-            image_grid_pinpoints=PINPOINTS,
-        ),
-        tokenizer=tiny_tokenizer(image_token="<image>"), patch_size=PATCH,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
+    model, processor = tiny_llava_next(word_tokenizer(WORDS, **LLAVA_IMAGE_TOKENS), TOWER, LLM,
+                                       crop=CROP, patch=PATCH, pinpoints=PINPOINTS,
+                                       vocab_size=VOCAB_SIZE)
     inputs = processor(images=[Image.fromarray(data.astronaut())], text=[PROMPT],
                        return_tensors="pt")
     grid = (CROP // PATCH, CROP // PATCH)
-    selector = TokenSelector(FeatureSelector(VISION_WIDTH, grid, **SELECTOR),
-                             {"encoder": "random CLIP 4x256 at 336 px"})
+    selector = TokenSelector(FeatureSelector(TOWER.width, grid, **SELECTOR),
+                             {"encoder": f"random CLIP {TOWER.layers}x{TOWER.width} at {CROP} px"})
     return model, inputs, selector
 
 
@@ -181,8 +166,8 @@ def section(results: dict[str, dict[str, Any]], prompt_text_tokens: int) -> tupl
 Random-weight LlavaNextForConditionalGeneration, fp32, SDPA, batch 1: LLaVA-NeXT's real
 geometry (336-px crops of 24×24 tokens, its anyres pinpoints; skimage's 512×512 astronaut
 becomes the base view + 2×2 crops) with a scaled-down model whose LLM dominates: CLIP tower
-4 layers × {VISION_WIDTH}, Llama {TEXT['num_hidden_layers']} layers × {TEXT['hidden_size']}
-(intermediate {TEXT['intermediate_size']}), selector 4 layers × {SELECTOR['dim']} (random
+{TOWER.layers} layers × {TOWER.width}, Llama {LLM.layers} layers × {LLM.width}
+(intermediate {LLM.mlp_width}), selector 4 layers × {SELECTOR['dim']} (random
 weights; ranking cost does not depend on them), {prompt_text_tokens} text tokens. One prefill =
 `prune_inputs` (tower + selector + layout) + forward over the prompt (`logits_to_keep=1`); the
 unpruned row is the unpatched model. Keep ratios count the per-crop tokens; newlines (one per

@@ -15,96 +15,42 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    CLIPVisionConfig,
-    GotOcr2ImageProcessor,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLProcessor,
-    InternVLVideoProcessor,
-    InternVLVisionConfig,
-    LlamaConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessor,
-    LlavaNextProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
 
+from tests.tiny_vlms import (
+    INTERNVL_IMAGE_TOKENS,
+    LLAVA_IMAGE_TOKENS,
+    WORDS,
+    Stack,
+    tiny_internvl,
+    tiny_llava_next,
+    word_tokenizer,
+)
 from vtsel.inference import TokenSelector
 from vtsel.integrations import Budget, attach, prune_inputs
 from vtsel.methods import SelectionMethod, TrainedSelector, build_method
 from vtsel.models import FeatureSelector
 from vtsel.models.selector import tokens_for_ratio
 
-WORDS = ["<pad>", "<unk>", "<image>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>",
-         "describe", "the", "picture", "what", "is", "this"]
-PAD, IMAGE, IMG_CONTEXT = 0, 2, 5
+IMAGE, IMG_CONTEXT = WORDS.index("<image>"), WORDS.index("<IMG_CONTEXT>")
 CROP, PATCH = 28, 7  # LLaVA-NeXT: 28-px crops of 4x4 tokens (CLIP-L/14-336 is 336 px, 24x24)
 TILE = 56  # InternVL: 56-px tiles, patch 7: 8x8 tokens, 4x4 after pixel shuffle (448: 32 -> 16)
 PINPOINTS = [[CROP, 2 * CROP], [2 * CROP, CROP], [2 * CROP, 2 * CROP]]
 LLAVA_WIDTH, INTERNVL_WIDTH = 32, 16
+LLM = Stack(width=64, layers=2, heads=4, kv_heads=2)
 
 
-def tiny_tokenizer(**special: str) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over ``WORDS`` whose image tokens are special."""
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                   padding_side="left", extra_special_tokens=special)
-
-
-def tiny_llava_next(text_hidden: int = 64, text_layers: int = 2) -> tuple[Any, Any]:
+def build_llava_next() -> tuple[Any, Any]:
     """(model, processor): CLIP tower 3x32 at 28 px, Llama LM, anyres up to 2x2 crops."""
-    torch.manual_seed(0)
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=LLAVA_WIDTH, intermediate_size=64,
-                                       num_hidden_layers=3, num_attention_heads=2,
-                                       image_size=CROP, patch_size=PATCH),
-        text_config=LlamaConfig(hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-                                num_hidden_layers=text_layers, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=len(WORDS), pad_token_id=PAD),
-        image_token_id=IMAGE, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", attn_implementation="sdpa",
-    )
-    model = LlavaNextForConditionalGeneration(config).eval()
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
-        image_grid_pinpoints=PINPOINTS, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    )
-    processor = LlavaNextProcessor(image_processor=image_processor,
-                                   tokenizer=tiny_tokenizer(image_token="<image>"),
-                                   patch_size=PATCH, vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1)  # CLIP's CLS
-    return model, processor
+    return tiny_llava_next(word_tokenizer(WORDS, **LLAVA_IMAGE_TOKENS),
+                           Stack(width=LLAVA_WIDTH, layers=3, heads=2), LLM, crop=CROP,
+                           patch=PATCH, pinpoints=PINPOINTS, pixel_norm=0.5)
 
 
-def tiny_internvl() -> tuple[Any, Any]:
+def build_internvl() -> tuple[Any, Any]:
     """(model, processor): InternViT 2x16 at 56 px, Qwen2 LM, up to 4 tiles + thumbnail."""
-    torch.manual_seed(0)
-    config = InternVLConfig(
-        vision_config=InternVLVisionConfig(hidden_size=INTERNVL_WIDTH, intermediate_size=32,
-                                           num_hidden_layers=2, num_attention_heads=2,
-                                           image_size=[TILE, TILE], patch_size=[PATCH, PATCH]),
-        text_config=Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2,
-                                vocab_size=len(WORDS), pad_token_id=PAD),
-        image_token_id=IMG_CONTEXT, downsample_ratio=0.5, attn_implementation="sdpa",
-    )
-    model = InternVLForConditionalGeneration(config).eval()
-    tokenizer = tiny_tokenizer(start_image_token="<img>", end_image_token="</img>",
-                               context_image_token="<IMG_CONTEXT>", video_token="<video>")
-    size = {"height": TILE, "width": TILE}
-    processor = InternVLProcessor(
-        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, max_patches=4,
-                                              image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        video_processor=InternVLVideoProcessor(size=size, image_mean=[0.5] * 3,
-                                               image_std=[0.5] * 3),
-        tokenizer=tokenizer, image_seq_length=16,
-    )
-    return model, processor
+    return tiny_internvl(word_tokenizer(WORDS, **INTERNVL_IMAGE_TOKENS),
+                         Stack(width=INTERNVL_WIDTH, layers=2, heads=2), LLM, tile=TILE,
+                         patch=PATCH, pixel_norm=0.5)
 
 
 def random_selector(feature_dim: int, side: int) -> TokenSelector:
@@ -121,12 +67,12 @@ def photos(*sizes: tuple[int, int], seed: int = 0) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def llava() -> tuple[Any, Any]:
-    return tiny_llava_next()
+    return build_llava_next()
 
 
 @pytest.fixture(scope="module")
 def internvl() -> tuple[Any, Any]:
-    return tiny_internvl()
+    return build_internvl()
 
 
 @contextmanager
@@ -429,7 +375,7 @@ def test_budgets_that_need_scores_are_refused_for_index_methods(llava: Any) -> N
     with pytest.raises(ValueError, match="per_image budget needs per-token keep scores"):
         attach(llava[0], build_method("norm"), Budget(ratio=0.3, per_image=True))
     with pytest.raises(ValueError, match=r"feature_stage='before'.*use feature_stage='after'"):
-        attach(tiny_internvl()[0], build_method("norm"), Budget(ratio=0.3),
+        attach(build_internvl()[0], build_method("norm"), Budget(ratio=0.3),
                feature_stage="before")
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from transformers import PreTrainedTokenizerFast, ProcessorMixin
 
+from tests import tiny_vlms
 from tests.conftest import Exported
+from tests.tiny_vlms import INTERNVL_IMAGE_TOKENS, LLAVA_IMAGE_TOKENS, Stack, chat_template
 from vtsel.cli import main
 from vtsel.vlm_eval.predictions import PREDICTIONS_FILE, Prediction, PredictionStore
 from vtsel.vlm_eval.questions import load_questions
@@ -37,8 +40,6 @@ PAGES = [
     ("ACME REPORT", "what is the name ?", ["acme"]),
     ("ZETA", "what is the title ?", ["zeta"]),
 ]
-
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -211,121 +212,43 @@ def test_scores_are_means_per_method_and_budget(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real tiny VLM
 
 
-def tiny_tokenizer(**special_tokens: str):
-    """A word-level tokenizer over WORDS, built offline, with the model's image tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: index for index, word in enumerate(WORDS)}
-    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-        eos_token="</s>", extra_special_tokens=special_tokens,
-    )
+def tiny_tokenizer(image_tokens: dict[str, str]) -> PreTrainedTokenizerFast:
+    """The tiny VLMs' word-level tokenizer over WORDS, with the family's image tokens."""
+    return tiny_vlms.word_tokenizer(WORDS, bos_token="<s>", eos_token="</s>", **image_tokens)
 
 
-def chat_template(image_token: str) -> str:
-    return (
-        "{% for message in messages %}USER: {% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}" + image_token + " {% else %}{{ part['text'] }}"
-        "{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-    )
-
-
-def tiny_text_config(config_class: type) -> object:
-    return config_class(
-        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=1, bos_token_id=2, eos_token_id=3,
-    )
-
-
-def save(model: torch.nn.Module, processor: object, directory: Path) -> Path:
+def save(model: torch.nn.Module, processor: ProcessorMixin, directory: Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
 
 
 # Both vision towers turn a 32 px crop into a 4x4 grid of 32-wide tokens: the contract of the
-# `exported` test selector, so the trained selector can prune these models' tokens.
+# `exported` test selector, so the trained selector can prune these models' tokens. (InternVL's
+# LLM receives them pixel-shuffled: 2x2 tokens of 128 channels.)
+SIDE, PATCH, WIDTH = 32, 8, 32
+TOWER = Stack(width=WIDTH, layers=2, heads=2)
+LLM = Stack(width=32, layers=2, heads=2)
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight LLaVA-NeXT (CLIP tower, Llama LLM) and its processor, saved."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
+    model, processor = tiny_vlms.tiny_llava_next(
+        tiny_tokenizer(LLAVA_IMAGE_TOKENS), TOWER, LLM, crop=SIDE, patch=PATCH,
+        pinpoints=[[SIDE, 2 * SIDE], [2 * SIDE, SIDE], [2 * SIDE, 2 * SIDE]],
+        template=chat_template(LLAVA_IMAGE_TOKENS["image_token"]),
     )
-
-    pinpoints = [[32, 64], [64, 32], [64, 64]]
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8, projection_dim=32,
-        ),
-        text_config=tiny_text_config(LlamaConfig),
-        image_token_index=WORDS.index("<image>"),
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-            image_grid_pinpoints=pinpoints,
-        ),
-        tokenizer=tiny_tokenizer(image_token="<image>"),
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's class token, dropped by "default"
-        chat_template=chat_template("<image>"),
-    )
-    model = LlavaNextForConditionalGeneration(config).eval()
     return save(model, processor, tmp_path_factory.mktemp("tiny_llava"))
 
 
 @pytest.fixture(scope="module")
 def tiny_internvl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight InternVL (InternViT tower, Qwen2 LLM) and its processor, saved."""
-    from transformers import (
-        GotOcr2ImageProcessor,
-        InternVLConfig,
-        InternVLForConditionalGeneration,
-        InternVLProcessor,
-        InternVLVideoProcessor,
-        InternVLVisionConfig,
-        Qwen2Config,
+    model, processor = tiny_vlms.tiny_internvl(
+        tiny_tokenizer(INTERNVL_IMAGE_TOKENS), TOWER, LLM, tile=SIDE, patch=PATCH,
+        template=chat_template(INTERNVL_IMAGE_TOKENS["context_image_token"]),
     )
-
-    config = InternVLConfig(
-        vision_config=InternVLVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
-        ),
-        text_config=tiny_text_config(Qwen2Config),
-        image_token_id=WORDS.index("<IMG_CONTEXT>"),
-        image_seq_length=4,  # 4x4 patches, pixel-shuffled by 0.5 to 2x2
-        downsample_ratio=0.5,
-    )
-    torch.manual_seed(0)
-    processor = InternVLProcessor(
-        image_processor=GotOcr2ImageProcessor(
-            size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=1, max_patches=4,
-        ),
-        tokenizer=tiny_tokenizer(context_image_token="<IMG_CONTEXT>", start_image_token="<img>",
-                                 end_image_token="</img>", video_token="<video>"),
-        video_processor=InternVLVideoProcessor(),
-        image_seq_length=4,
-        chat_template=chat_template("<IMG_CONTEXT>"),
-    )
-    model = InternVLForConditionalGeneration(config).eval()
     return save(model, processor, tmp_path_factory.mktemp("tiny_internvl"))
 
 
