@@ -62,9 +62,7 @@ def test_every_method_returns_sorted_unique_indices_per_crop(
     assert kept_idx.min() >= 0 and kept_idx.max() < L
 
 
-@pytest.mark.parametrize(
-    "method", [m for m in all_methods() if m.name != "random"], ids=lambda method: method.name
-)
+@pytest.mark.parametrize("method", all_methods(), ids=lambda method: method.name)
 def test_batch_rows_are_selected_independently(method: SelectionMethod) -> None:
     features, attention = random_inputs(batch=3, seed=1)
     batched = method(features, 6, attention)
@@ -79,6 +77,34 @@ def test_random_repeats_for_a_seed_and_differs_across_seeds_and_rows() -> None:
     assert torch.equal(first, RandomSelection(seed=7)(features, 6))
     assert not torch.equal(first, RandomSelection(seed=8)(features, 6))
     assert not torch.equal(first[0], first[1])
+
+
+def test_random_subset_follows_the_crop_not_its_row_or_batch() -> None:
+    features, _ = random_inputs(batch=4, seed=2)
+    others, _ = random_inputs(batch=3, seed=5)
+    method = RandomSelection(seed=3)
+    batched = method(features, 6)  # (4, 6)
+    for row in range(4):
+        alone = method(features[row : row + 1], 6)[0]
+        assert torch.equal(alone, batched[row])
+    assert torch.equal(method(features.flip(0), 6), batched.flip(0))  # other rows
+    mixed = torch.cat([others[:2], features[1:2], others[2:], features[1:2]])  # (5, L, 8)
+    in_other_batch = method(mixed, 6)
+    assert torch.equal(in_other_batch[2], batched[1]) and torch.equal(in_other_batch[4], batched[1])
+    # The same values in another memory layout or dtype keep the same subset.
+    strided = features.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not strided.is_contiguous()
+    assert torch.equal(method(strided, 6), batched)
+    halves = features.half()
+    assert torch.equal(method(halves, 6), method(halves.float(), 6))
+    assert len({tuple(kept_idx.tolist()) for kept_idx in batched}) == 4  # crops differ
+
+
+def test_random_keeps_every_position_equally_often_across_crops() -> None:
+    features = torch.randn(2000, L, 2, generator=torch.Generator().manual_seed(0))
+    kept_idx = RandomSelection(seed=0)(features, 4)  # (2000, 4)
+    share = torch.bincount(kept_idx.flatten(), minlength=L) / 2000  # (L,) expected 4/16 each
+    assert (share - 0.25).abs().max() < 0.05  # 0.05 is over 5 binomial standard deviations
 
 
 def test_uniform_keeps_a_spread_lattice_on_every_crop() -> None:

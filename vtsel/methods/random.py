@@ -6,6 +6,8 @@ task suffers from pruning at all; this is that baseline. No source paper beyond 
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from vtsel.methods.base import SelectionMethod, sorted_topk
@@ -14,14 +16,15 @@ from vtsel.methods.base import SelectionMethod, sorted_topk
 class RandomSelection(SelectionMethod):
     """Keep a uniformly random subset of ``keep`` tokens per crop.
 
-    The top ``keep`` of i.i.d. uniform scores is a uniform random subset. Scores are drawn on a
-    CPU generator seeded afresh on every call, so a given seed and batch shape give the same
-    subsets on any device and in every evaluation run; rows of a batch draw different
-    numbers from one stream, so a crop's subset depends on its row (unlike the deterministic
-    methods, selecting a row alone does not reproduce its row in the batch).
+    The top ``keep`` of i.i.d. uniform scores is a uniform random subset. Each crop draws its
+    scores from its own CPU generator, seeded by ``seed`` and a CRC-32 of the crop's features
+    (as float32), so its subset depends on nothing but the seed and its content: the same crop
+    keeps the same tokens alone or in any batch, at any row, on any device, in every run, so a
+    resumed evaluation or one with another batch size repeats the numbers of an uninterrupted
+    one. Different crops, and identical crops under different seeds, get unrelated subsets.
 
     Args:
-        seed: Seed of the generator.
+        seed: Seed of the generators.
     """
 
     name = "random"
@@ -32,6 +35,17 @@ class RandomSelection(SelectionMethod):
     def _select(
         self, features: torch.Tensor, keep: int, attention: torch.Tensor | None
     ) -> torch.Tensor:
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        random_scores = torch.rand(features.shape[:2], generator=generator)  # (B, L)
+        num_tokens = features.shape[1]
+        # Hashing values, not memory: one layout and dtype whatever the caller's tensor.
+        crops = features.detach().to("cpu", torch.float32).contiguous()  # (B, L, C)
+        seed_crc = zlib.crc32(str(self.seed).encode())
+        random_scores = torch.stack([
+            torch.rand(num_tokens, generator=self._generator(seed_crc, crop)) for crop in crops
+        ])  # (B, L)
         return sorted_topk(random_scores, keep).to(features.device)
+
+    @staticmethod
+    def _generator(seed_crc: int, crop: torch.Tensor) -> torch.Generator:
+        """A CPU generator seeded by the CRC-32 of the seed's text followed by the crop's bytes."""
+        crop_crc = zlib.crc32(crop.numpy(), seed_crc)  # (L, C) float32, contiguous
+        return torch.Generator(device="cpu").manual_seed(crop_crc)
