@@ -16,20 +16,30 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 # Each step leaves a file behind, so a killed `make demo` resumes where it stopped.
+# Images come in two folders of different sources: train/ for the selector and the judge,
+# heldout/ for the evaluation.
 $(DEMO)/images/.done: $(INSTALLED)
-	$(BIN)/vtsel demo-data --out $(DEMO)/images
+	$(BIN)/vtsel demo-data --out $(DEMO)/images --heldout true
 	touch $@
 
 $(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done conf/extract/demo.yaml
 	$(BIN)/vtsel extract --config conf/extract/demo.yaml
 
-demo: $(DEMO)/shards/train/sizes.json
+$(DEMO)/heldout/val/sizes.json: $(DEMO)/images/.done conf/extract/demo_heldout.yaml
+	$(BIN)/vtsel extract --config conf/extract/demo_heldout.yaml
+
+demo: $(DEMO)/shards/train/sizes.json $(DEMO)/heldout/val/sizes.json
 	$(BIN)/vtsel stages --config conf/demo.yaml
 	$(BIN)/vtsel export --out runs/demo/selector \
 	  --checkpoint "$$(ls -t runs/demo/stage3/checkpoints/best-*.ckpt | head -n 1)"
+	$(BIN)/vtsel stages --config conf/judge/demo.yaml
+	$(BIN)/vtsel eval --shards $(DEMO)/heldout/val --selector runs/demo/selector \
+	  --judge "$$(ls -t runs/demo/judge/checkpoints/best-*.ckpt | head -n 1)" \
+	  --regions $(DEMO)/images/heldout --keep 0.25 --out runs/demo/eval
 	$(BIN)/vtsel visualize --selector runs/demo/selector --out runs/demo/figure1.png \
-	  --image $(DEMO)/images/photo-mpl-grace_hopper-0.png
-	@echo; echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
+	  --image $(DEMO)/images/heldout/photo-mpl-grace_hopper-0.png
+	@echo; echo "Figure 1: runs/demo/figure1.png"
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ def _typed_tool(function: Callable[..., Any]) -> ToolMain:
 def _tools() -> dict[str, ToolMain]:
     """Subcommands that are not a Trainer method; imported lazily so ``fit`` starts fast."""
     from vtsel.demo import write_demo_images
+    from vtsel.evaluation.command import eval_command
     from vtsel.export import export
     from vtsel.extract.run import extract
     from vtsel.flops import flops
@@ -38,6 +39,7 @@ def _tools() -> dict[str, ToolMain]:
     return {
         "extract": _typed_tool(extract),
         "demo-data": _typed_tool(write_demo_images),
+        "eval": _typed_tool(eval_command),
         "export": _typed_tool(export),
         "flops": _typed_tool(flops),
         "stages": stages_main,  # passes unknown arguments on to each stage's fit
@@ -46,12 +48,13 @@ def _tools() -> dict[str, ToolMain]:
     }
 
 
-TOOL_NAMES = ("extract", "demo-data", "export", "flops", "stages", "visualize", "vlm-eval")
+TOOL_NAMES = ("extract", "demo-data", "eval", "export", "flops", "stages", "visualize", "vlm-eval")
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
     "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
     "feature shards, `vtsel stages` runs a preset's training stages one fit after another, "
     "`vtsel export` writes a trained selector for inference without Lightning, "
+    "`vtsel eval` scores selection methods at token budgets with an independent judge, "
     "`vtsel visualize` draws which tokens an exported selector keeps of an image file, "
     "`vtsel flops` tabulates a VLM's vision-token TFLOPs at token budgets, "
     "`vtsel vlm-eval` scores a VLM's answers at token budgets and selection methods "

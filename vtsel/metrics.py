@@ -28,17 +28,28 @@ class SelectionMetrics(nn.Module):
     At each keep ratio the selector keeps its top-k tokens by keep logit and the random baseline
     keeps k tokens drawn from a generator seeded by (seed, batch index): the same data give the
     same random subsets run after run.
+
+    Args:
+        keep_ratios: Budgets to score, each in (0, 1].
+        seed: Seed of the random subsets.
+        methods: ``("selector", "random")``, or ``("random",)`` for a judge, which has no
+            selector to rank tokens (and so no selector gain).
     """
 
-    def __init__(self, keep_ratios: Sequence[float], seed: int = 0) -> None:
+    def __init__(
+        self, keep_ratios: Sequence[float], seed: int = 0, methods: Sequence[str] = METHODS
+    ) -> None:
         super().__init__()
         if not keep_ratios or not all(0.0 < r <= 1.0 for r in keep_ratios):
             raise ValueError(f"eval_keep_ratios must be in (0, 1], got {list(keep_ratios)}")
+        if "random" not in methods or not set(methods) <= set(METHODS):
+            raise ValueError(f"methods must be 'random' and optionally 'selector', got {methods}")
         self.keep_ratios = tuple(float(r) for r in keep_ratios)
         self.seed = seed
+        self.methods = tuple(methods)
         self.objective = nn.ModuleDict({t: MeanMetric() for t in OBJECTIVE_TERMS})
         self.reconstruction = nn.ModuleDict()
-        for method in METHODS:
+        for method in self.methods:
             for ratio in self.keep_ratios:
                 self.reconstruction[_budget_name(method, ratio)] = nn.ModuleDict(
                     {
@@ -56,13 +67,21 @@ class SelectionMetrics(nn.Module):
     def masks(
         self, keep_logits: torch.Tensor, batch_idx: int
     ) -> Iterator[tuple[str, float, torch.Tensor]]:
-        """(method, ratio, mask (B, L)) for every method and budget."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
-        random_scores = torch.rand(keep_logits.shape, generator=generator).to(keep_logits.device)
-        for ratio in self.keep_ratios:
+        """(method, ratio, mask (B, L)) for the selector's top-k and random, at every budget."""
+        random_masks = self.random_masks(keep_logits.shape, batch_idx, keep_logits.device)
+        for (_, ratio, random_mask) in random_masks:
             k = tokens_for_ratio(keep_logits.shape[-1], ratio)
             yield "selector", ratio, topk_mask(keep_logits.float(), k)
-            yield "random", ratio, topk_mask(random_scores, k)
+            yield "random", ratio, random_mask
+
+    def random_masks(
+        self, shape: Sequence[int], batch_idx: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[str, float, torch.Tensor]]:
+        """("random", ratio, mask (B, L)) at every budget for a batch of ``shape`` (B, L)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        random_scores = torch.rand(tuple(shape), generator=generator).to(device)  # (B, L)
+        for ratio in self.keep_ratios:
+            yield "random", ratio, topk_mask(random_scores, tokens_for_ratio(shape[-1], ratio))
 
     def update_reconstruction(
         self,
@@ -84,7 +103,7 @@ class SelectionMetrics(nn.Module):
         for budget, metrics in self.reconstruction.items():
             for name, metric in metrics.items():
                 out[f"{prefix}/{name}/{budget}"] = metric.compute()
-        for ratio in self.keep_ratios:
+        for ratio in self.keep_ratios if "selector" in self.methods else ():
             selector = out[f"{prefix}/feat_mse/{_budget_name('selector', ratio)}"]
             random = out[f"{prefix}/feat_mse/{_budget_name('random', ratio)}"]
             # The share of random selection's error the selector avoids, under the same

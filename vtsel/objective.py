@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -20,6 +20,8 @@ class LossTerms:
     image: torch.Tensor  # dist(I_rec, I)
     keep_ratio: torch.Tensor  # L_pr, eq. 7: the share of tokens the mask keeps
     regularizer: torch.Tensor  # the L_pr penalty actually added
+    random_mask_loss: torch.Tensor | None = None  # reconstruction from random masks, if trained
+    topk_loss: torch.Tensor | None = None  # reconstruction from the selector's top-k, if trained
 
 
 def band_penalty(
@@ -78,9 +80,21 @@ class SelectionObjective:
         image: torch.Tensor,  # (B, 3, S, S)
         mask: torch.Tensor,  # (B, L)
     ) -> LossTerms:
+        terms = self.reconstruction(feats_rec, feats, image_rec, image, mask)
+        regularizer = self.penalty(terms.keep_ratio)
+        return replace(terms, total=terms.total + regularizer, regularizer=regularizer)
+
+    def reconstruction(
+        self,
+        feats_rec: torch.Tensor,  # (B, L, C)
+        feats: torch.Tensor,  # (B, L, C) normalised target
+        image_rec: torch.Tensor,  # (B, 3, S, S)
+        image: torch.Tensor,  # (B, 3, S, S)
+        mask: torch.Tensor,  # (B, L)
+    ) -> LossTerms:
+        """The reconstruction terms alone (regularizer 0): for masks that are drawn, not learned."""
         feature = F.mse_loss(feats_rec.float(), feats.float())
         image_term = F.mse_loss(image_rec.float(), image.float())
         keep_ratio = mask.float().mean()
-        regularizer = self.penalty(keep_ratio)
-        total = feature + self.image_weight * image_term + regularizer
-        return LossTerms(total, feature, image_term, keep_ratio, regularizer)
+        total = feature + self.image_weight * image_term
+        return LossTerms(total, feature, image_term, keep_ratio, torch.zeros_like(total))

@@ -60,7 +60,10 @@ def render_document(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
     """
     width = int(rng.integers(360, 900))
     page = _Page(width, int(width * rng.choice(_PAGE_ASPECTS)), margin=width // 20)
-    size = max(10, int(width / rng.uniform(30, 55)))
+    # 12-20 body lines' height across the page: after the encoder's centre crop is resized to
+    # its input (224 px for ViT-S/16) text stands 11-19 px tall, about one 16-px patch, so it
+    # is what a selector must keep. Smaller print vanishes into near-blank patches.
+    size = max(10, int(width / rng.uniform(12, 20)))
     ink = _INKS[int(rng.integers(len(_INKS)))]
     num_columns = 2 if width > 600 and rng.random() < 0.5 else 1
     gutter = page.margin

@@ -1,4 +1,9 @@
-"""Write the demo image set (photos, documents, charts) into one folder."""
+"""Write the demo image set (photos, documents, charts) into one folder, or split by source.
+
+The split serves an honest evaluation: a selector (and the judge that scores it) trains on
+``train/`` and is evaluated on ``heldout/``, images of other sources it never saw, rather than
+on a random share of the same sources.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from vtsel.demo.documents import render_document
 from vtsel.demo.photos import package_photos, photo_views
 from vtsel.demo.text import Box
 
+TRAIN_DIR, HELDOUT_DIR = "train", "heldout"
+# With heldout=True: documents and scikit-image photos train; charts and these photos are held out.
+HELDOUT_PHOTO_SOURCES = ("mpl", "sklearn")
+
 
 def write_demo_images(
     out: str,
@@ -23,6 +32,7 @@ def write_demo_images(
     num_charts: int = 150,
     crops_per_photo: int = 8,
     seed: int = 0,
+    heldout: bool = False,
 ) -> dict[str, int]:
     """Write the demo image set into a folder, replacing files of the same names.
 
@@ -32,18 +42,24 @@ def write_demo_images(
         num_charts: Number of rendered charts.
         crops_per_photo: Random crops written per packaged photo, besides the photo itself.
         seed: Seed of every random choice; the same seed writes byte-identical files.
+        heldout: Write two subfolders instead of one: ``train/`` (documents and the
+            scikit-image photos) and ``heldout/`` (charts and the matplotlib and scikit-learn
+            photos), so an evaluation can use images of sources training never saw.
 
     Returns:
         Number of images written per kind: ``{"photo": ..., "doc": ..., "chart": ...}``.
     """
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(out)
+    folders = [root / TRAIN_DIR, root / HELDOUT_DIR] if heldout else [root]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     photos = package_photos()
     counts = {"photo": 0, "doc": 0, "chart": 0}
     total = len(photos) * (1 + crops_per_photo) + num_documents + num_charts
     with Progress() as progress:
         task = progress.add_task("demo images", total=total)
         for name, photo in photos:
+            folder = destination(root, f"photo-{name}", heldout)
             for i, view in enumerate(photo_views(photo, crops_per_photo, _rng(seed, name))):
                 view.save(folder / f"photo-{name}-{i}.png")
                 counts["photo"] += 1
@@ -54,11 +70,23 @@ def write_demo_images(
         ):
             for i in range(number):
                 image, boxes = render(_rng(seed, f"{kind}-{i}"))
-                _save_with_regions(image, boxes, folder / f"{kind}-{i}.png")
+                name = f"{kind}-{i}"
+                _save_with_regions(image, boxes, destination(root, name, heldout) / f"{name}.png")
                 counts[kind] += 1
                 progress.advance(task)
-    Console().print(f"wrote {counts} to {folder}")
+    Console().print(f"wrote {counts} to {', '.join(str(folder) for folder in folders)}")
     return counts
+
+
+def destination(root: Path, name: str, heldout: bool) -> Path:
+    """The folder of the image ``name`` (``doc-3``, ``photo-mpl-logo2``): ``root`` itself, or
+    with ``heldout`` its ``heldout/`` (charts, ``HELDOUT_PHOTO_SOURCES``) or ``train/``."""
+    if not heldout:
+        return root
+    kind, rest = name.split("-", 1)
+    source = rest.split("-", 1)[0]
+    held = kind == "chart" or (kind == "photo" and source in HELDOUT_PHOTO_SOURCES)
+    return root / (HELDOUT_DIR if held else TRAIN_DIR)
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

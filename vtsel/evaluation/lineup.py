@@ -1,0 +1,98 @@
+"""The methods an evaluation compares, built from their names and checked against the data.
+
+Every method of ``vtsel.methods`` is named by its registry name; ``selector`` is the trained
+selector of an export folder. A method that ranks by encoder attention is skipped, with a note,
+when the shards carry none.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vtsel.evaluation.judge import FeatureContract
+from vtsel.inference import TokenSelector
+from vtsel.methods import METHODS, SelectionMethod, TrainedSelector
+
+BASELINES = ("random", "uniform", "norm", "divprune", "visionzip", "hiprune")
+
+
+def method_names(methods: Sequence[str] | None, selector: str | Path | None) -> list[str]:
+    """The names to evaluate: the baselines (+ ``selector`` when an export is given) by default.
+
+    Raises:
+        ValueError: An unknown name, a repeated one, or ``selector`` without an export.
+    """
+    names = list(methods) if methods else [*BASELINES, *(["selector"] if selector else [])]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown selection method(s) {unknown}; valid: {', '.join(sorted(METHODS))}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods are listed more than once: {names}")
+    if "selector" in names and selector is None:
+        raise ValueError("method 'selector' needs the exported selector's folder (--selector)")
+    return names
+
+
+@dataclass
+class Lineup:
+    """The methods to score, by name, and why any asked-for method is left out."""
+
+    methods: dict[str, SelectionMethod]
+    notes: list[str]
+
+
+def build_lineup(
+    names: Sequence[str],
+    grid: tuple[int, int],
+    contract: FeatureContract,
+    has_attention: bool,
+    selector: str | Path | None,
+    device: torch.device,
+    seed: int = 0,
+) -> Lineup:
+    """Build each named method for this grid, seed and device; skip attention methods without
+    attention. ``random`` draws each crop's subset from the seed and the crop's content, so a
+    crop keeps the same tokens in any batch and in a resumed run."""
+    methods: dict[str, SelectionMethod] = {}
+    notes = []
+    for name in names:
+        method_class = METHODS[name]
+        if method_class.needs_attention and not has_attention:
+            notes.append(
+                f"{name}: skipped, it ranks tokens by the encoder's attention and these shards "
+                f"store none (no attn.npy); extract with attention to include it"
+            )
+            continue
+        if name == "selector":
+            methods[name] = TrainedSelector(_load_selector(selector, contract).to(device))
+            continue
+        offered = {"grid": grid, "seed": seed}  # given to the methods whose constructor takes it
+        accepted = inspect.signature(method_class).parameters
+        methods[name] = method_class(**{k: v for k, v in offered.items() if k in accepted})
+    return Lineup(methods, notes)
+
+
+def _load_selector(directory: str | Path, contract: FeatureContract) -> TokenSelector:
+    """The exported selector, refused if it was trained on other features than the judge."""
+    selector = TokenSelector.from_pretrained(directory)
+    config = selector.config
+    found = FeatureContract(
+        config.get("encoder"), int(config["feature_dim"]), tuple(config["grid_size"])
+    )
+    encoders_differ = None not in (found.encoder, contract.encoder) and (
+        found.encoder != contract.encoder
+    )
+    if encoders_differ or (found.feature_dim, found.grid) != (contract.feature_dim, contract.grid):
+        raise ValueError(
+            f"the selector in {directory} was trained on {found.describe()}, but the judge and "
+            f"shards are {contract.describe()}: evaluate it on its own encoder's features"
+        )
+    return selector
+

@@ -1,0 +1,294 @@
+"""``evaluate``: every method x budget on held-out shards, scored by one independent judge.
+
+The question it answers before any VLM is run: at each budget, how much of what matters does
+each selection method keep? "What matters" is eq. 1 of the paper, measured with a reconstructor
+that no method trained (the judge), plus the share of text tokens kept where text is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vtsel.evaluation.judge import Judge
+from vtsel.evaluation.lineup import Lineup, build_lineup, method_names
+from vtsel.evaluation.metrics import reconstruction_scores
+from vtsel.evaluation.plots import plot_metrics, write_tensorboard
+from vtsel.evaluation.report import (
+    RESULT_COLUMNS,
+    SAMPLE_COLUMNS,
+    Budget,
+    SampleLog,
+    iter_samples,
+    markdown_tables,
+    summarize,
+    write_csv,
+)
+from vtsel.evaluation.shards import EvalBatch, HeldOutShards
+from vtsel.evaluation.text_recall import TextRegions, text_recall
+from vtsel.inference import WEIGHTS_FILE
+from vtsel.models.selector import tokens_for_ratio
+
+PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2880 tokens
+SETTINGS_FILE = "eval.json"
+
+
+@dataclass
+class EvalReport:
+    """What ``evaluate`` measured and where it wrote it.
+
+    Attributes:
+        summary: One dict per method x budget (``results.csv``'s rows): ``method``,
+            ``keep_ratio``, ``keep_tokens``, ``samples``, ``text_samples`` and each metric's mean.
+        methods: The methods scored, in table order.
+        budgets: The budgets, ascending.
+        notes: Methods skipped and other caveats, also written into ``report.md``.
+        files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
+    """
+
+    summary: list[dict]
+    methods: list[str]
+    budgets: list[Budget]
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def value(self, method: str, keep_ratio: float, metric: str) -> float:
+        """One metric's mean for a method at a budget, e.g. ``("selector", 0.25, "feat_mse")``."""
+        for row in self.summary:
+            if row["method"] == method and abs(row["keep_ratio"] - keep_ratio) < 1e-9:
+                return float(row[metric])
+        raise KeyError(f"no result for method {method!r} at keep ratio {keep_ratio}")
+
+
+def keep_budgets(
+    keep: Sequence[float], paper_budgets: bool, num_tokens: int
+) -> list[Budget]:
+    """The paper's budgets (unless turned off) and ``keep``, ascending, as tokens per crop."""
+    ratios = sorted({*(PAPER_KEEP_RATIOS if paper_budgets else ()), *(float(r) for r in keep)})
+    if not ratios:
+        raise ValueError("no budgets: give --keep ratios or leave the paper's budgets on")
+    bad = [r for r in ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise ValueError(f"keep ratios must lie in (0, 1], got {bad}")
+    return [Budget(ratio, tokens_for_ratio(num_tokens, ratio)) for ratio in ratios]
+
+
+def evaluate(
+    shards: str,
+    judge: str | Path,
+    out: str | Path,
+    selector: str | Path | None = None,
+    methods: Sequence[str] | None = None,
+    keep: Sequence[float] = (),
+    paper_budgets: bool = True,
+    regions: str | Path | None = None,
+    text_min_cover: float = 0.25,
+    device: str = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+    tensorboard: bool = True,
+) -> EvalReport:
+    """Score selection methods on held-out shards with an independent judge; write the report.
+
+    Writes into ``out``: ``samples.csv`` (method x budget x crop), ``results.csv`` (method x
+    budget), ``report.md`` (a table per metric, best per column bold), ``metrics.png`` and a
+    TensorBoard event file under ``tensorboard/``. A killed run resumes from ``samples.csv`` when
+    called again with the same settings.
+
+    Args:
+        shards: Held-out feature shards (folder, glob, brace pattern; ``::`` joins several),
+            from images the selector and the judge never trained on.
+        judge: A checkpoint of a fit with ``masking: random`` (``conf/judge/*.yaml``).
+        out: Folder for the report files.
+        selector: An exported selector folder (``vtsel export``); adds method ``selector``.
+        methods: Method names (``vtsel.methods.METHODS``); default: every baseline, plus
+            ``selector`` when one is given.
+        keep: Keep ratios to score besides the paper's 5.6, 11.1, 22.2, 40 and 50%.
+        paper_budgets: Include the paper's budgets.
+        regions: Folder the shards were extracted from, holding ``<source_key>.regions.json``
+            text boxes; without it, no text recall.
+        text_min_cover: Share of a token's area text must cover for it to count as text.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: Crops per forward pass of the judge.
+        seed: Seed of the random method (each crop's subset is fixed by seed and content).
+        tensorboard: Also write the figures and scalars for TensorBoard.
+    """
+    names = method_names(methods, selector)
+    compute_device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    the_judge = Judge.from_checkpoint(judge).to(compute_device)
+    grid = the_judge.contract.grid
+    budgets = keep_budgets(keep, paper_budgets, grid[0] * grid[1])
+    held_out = HeldOutShards(shards, the_judge.contract, the_judge.image_size)
+    lineup = build_lineup(
+        names, grid, the_judge.contract, held_out.has_attention, selector, compute_device, seed
+    )
+    text_regions = TextRegions(regions, text_min_cover) if regions is not None else None
+    notes = lineup.notes + _range_notes(budgets, the_judge.keep_range)
+    settings = {
+        "shards": shards,
+        "judge": str(judge),
+        "judge_sha256": _sha256(Path(judge)),
+        "selector": None if selector is None else str(selector),
+        "selector_sha256": None if selector is None else _sha256(Path(selector) / WEIGHTS_FILE),
+        "methods": list(lineup.methods),
+        "budgets": [b.ratio for b in budgets],
+        "seed": seed,
+        "regions": None if regions is None else str(regions),
+        "text_min_cover": text_min_cover,
+    }
+    out_dir = Path(out)
+    done_keys = _resume(out_dir, settings, len(lineup.methods) * len(budgets))
+    log = SampleLog(out_dir / "samples.csv")
+    try:
+        with _progress() as progress:
+            task = progress.add_task("evaluating", total=held_out.num_samples)
+            progress.advance(task, len(done_keys))
+            for batch in held_out.batches(batch_size, skip=done_keys):
+                log.append(_score_batch(batch, the_judge, lineup, budgets, text_regions))
+                progress.advance(task, len(batch.keys))
+    finally:
+        log.close()
+    summary = summarize(iter_samples(log.path), list(lineup.methods), budgets)
+    report = EvalReport(summary, list(lineup.methods), budgets, notes)
+    _write_files(out_dir, report, settings, tensorboard)
+    return report
+
+
+def _score_batch(
+    batch: EvalBatch,
+    judge: Judge,
+    lineup: Lineup,
+    budgets: list[Budget],
+    text_regions: TextRegions | None,
+) -> list[dict]:
+    """Rows of ``samples.csv`` for every method x budget x crop of one batch."""
+    device = judge.module.device
+    feats = batch.feats.to(device)  # (B, L, C)
+    images = batch.images.to(device)  # (B, 3, S, S)
+    attention = None if batch.attention is None else batch.attention.to(device)
+    normed = judge.normalize(feats)  # (B, L, C)
+    text_tokens = (
+        text_regions.text_tokens([s.meta for s in batch.samples]).to(device)
+        if text_regions is not None
+        else torch.zeros(feats.shape[:2], dtype=torch.bool, device=device)
+    )  # (B, L)
+    rows = []
+    for name, method in lineup.methods.items():
+        for budget in budgets:
+            kept_idx = method.select(feats, budget.tokens, attention)  # (B, k)
+            keep_mask = torch.zeros(feats.shape[:2], device=device).scatter_(1, kept_idx, 1.0)
+            feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
+            scores = reconstruction_scores(feats_rec, normed, image_rec, images)
+            scores["text_recall"] = text_recall(keep_mask, text_tokens)
+            for i, (key, sample) in enumerate(zip(batch.keys, batch.samples, strict=True)):
+                rows.append(
+                    {
+                        "method": name,
+                        "keep_ratio": budget.ratio,
+                        "keep_tokens": budget.tokens,
+                        "key": key,
+                        "source_key": sample.meta.source_key,
+                        **{metric: float(values[i]) for metric, values in scores.items()},
+                    }
+                )
+    return rows
+
+
+def _sha256(path: Path) -> str:
+    """The file's content hash: a resumed run must score with the very same weights."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _range_notes(budgets: list[Budget], keep_range: tuple[float, float]) -> list[str]:
+    low, high = keep_range
+    outside = [b.label() for b in budgets if not low <= b.ratio <= high]
+    if not outside:
+        return []
+    return [
+        f"budgets {', '.join(outside)} lie outside the keep ratios the judge trained on "
+        f"({100 * low:g}-{100 * high:g}%): its scores there are extrapolation"
+    ]
+
+
+def _resume(out_dir: Path, settings: dict, rows_per_key: int) -> set[str]:
+    """Keys of the crops an earlier run with the same settings scored completely.
+
+    A different earlier evaluation in ``out_dir`` is refused rather than overwritten.
+    """
+    settings_path = out_dir / SETTINGS_FILE
+    samples_path = out_dir / "samples.csv"
+    if settings_path.is_file():
+        earlier = json.loads(settings_path.read_text())
+        if earlier != settings:
+            changed = sorted(k for k in {*earlier, *settings} if earlier.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out_dir} holds an evaluation with other settings ({', '.join(changed)} "
+                f"differ): give another out folder, or delete {out_dir} to start over"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+    rows_of = Counter(row["key"] for row in iter_samples(samples_path))
+    complete = {key for key, count in rows_of.items() if count == rows_per_key}
+    # rewritten without the rows of a crop a kill cut short, which is scored again
+    kept_rows = (row for row in iter_samples(samples_path) if row["key"] in complete)
+    write_csv(samples_path, kept_rows, SAMPLE_COLUMNS)
+    return complete
+
+
+def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard: bool) -> None:
+    """results.csv, report.md, metrics.png and the TensorBoard run; paths into ``report``."""
+    report.files.update(
+        samples=out_dir / "samples.csv",
+        results=out_dir / "results.csv",
+        report=out_dir / "report.md",
+        plot=out_dir / "metrics.png",
+    )
+    write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
+    tables = markdown_tables(report.summary, report.methods, report.budgets)
+    report.files["report"].write_text(_header(report.summary, settings, report.notes) + tables)
+    figure = plot_metrics(report.summary, report.methods)
+    figure.savefig(report.files["plot"], dpi=120)
+    if tensorboard:
+        report.files["tensorboard"] = out_dir / "tensorboard"
+        write_tensorboard(report.summary, figure, report.files["tensorboard"])
+
+
+def _header(summary: list[dict], settings: dict, notes: list[str]) -> str:
+    num_crops = max((row["samples"] for row in summary), default=0)
+    text_crops = max((row["text_samples"] for row in summary), default=0)
+    lines = [
+        "# Token selection scored by an independent judge",
+        "",
+        f"- held-out shards `{settings['shards']}`: {num_crops} crops"
+        + (f", {text_crops} with text regions" if settings["regions"] else ""),
+        f"- judge `{settings['judge']}`: reconstructors trained on random masks only",
+        *([f"- selector `{settings['selector']}`"] if settings["selector"] else []),
+        "- budgets are tokens kept per crop; each value is the mean over crops (text recall: "
+        f"over crops with text; a token is text when text covers >= "
+        f"{100 * settings['text_min_cover']:g}% of it)",
+        *(f"- note: {note}" for note in notes),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )

@@ -1,0 +1,132 @@
+"""Held-out shards for evaluation: every sample once, in shard order, with its metadata.
+
+Training batches carry features, image and key only; an evaluation also needs where each crop
+sits in its source image (``crop_box``, ``source_key``) to find the text in it, so it reads the
+shards itself, with the same decoding, corruption budget and contract as training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+import torch
+import webdataset as wds
+
+from vtsel.data.format import (
+    CorruptSampleError,
+    DecodedSample,
+    FeatureContractError,
+    decode_sample,
+)
+from vtsel.data.shardlist import load_shard_set
+from vtsel.data.stream import CorruptionBudget, image_to_tensor
+from vtsel.evaluation.judge import FeatureContract
+
+
+@dataclass
+class EvalBatch:
+    """Up to ``batch_size`` held-out crops."""
+
+    keys: list[str]
+    feats: torch.Tensor  # (B, L, C) raw encoder tokens
+    images: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    samples: list[DecodedSample]  # each crop's metadata (crop_box, source_key, grid)
+    attention: torch.Tensor | None  # (B, L) attention each token receives, if the shards have it
+
+
+class HeldOutShards:
+    """The samples of a shard spec, checked against the features a judge was trained on.
+
+    Args:
+        spec: Shards as training takes them: a folder, glob, brace pattern, ``::``-joined list.
+        contract: Encoder, grid and width every sample must have.
+        image_size: Side the stored crops are resized to (the judge's image size).
+        max_corrupt: Corrupt samples skipped (with a warning) before the evaluation stops.
+    """
+
+    def __init__(
+        self, spec: str, contract: FeatureContract, image_size: int, max_corrupt: int = 10
+    ) -> None:
+        try:
+            shard_set = load_shard_set(spec, None)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"no held-out shards to evaluate: {err}") from err
+        if shard_set.num_samples == 0:
+            raise ValueError(
+                f"the held-out shards {spec!r} hold no samples (sizes.json counts 0): extract "
+                f"images into them first, e.g. with val_fraction 1.0"
+            )
+        self.spec = spec
+        self.urls = shard_set.urls
+        self.num_samples = shard_set.num_samples
+        self.contract = contract
+        self.image_size = image_size
+        self.max_corrupt = max_corrupt
+        first = next(self._samples(), None)
+        if first is None:
+            raise ValueError(f"the held-out shards {spec!r} hold no readable sample")
+        self.has_attention = first[2].attention is not None
+
+    def _samples(self) -> Iterator[tuple[str, str, DecodedSample]]:
+        """(shard URL, key, sample) of every readable sample, checked against the contract."""
+        budget = CorruptionBudget(self.max_corrupt)
+        raw_samples = wds.DataPipeline(
+            wds.SimpleShardList(self.urls),
+            budget.track_shards,
+            wds.tarfile_to_samples(handler=budget.skip_tar_error),
+        )
+        for raw in raw_samples:
+            url, key = raw.get("__url__", "?"), raw.get("__key__", "?")
+            try:
+                sample = decode_sample(raw)
+            except CorruptSampleError as err:
+                budget.record(url, f"sample {key!r}", err)
+                continue
+            self._check(sample, f"sample {key!r} in {url}")
+            yield url, key, sample
+
+    def _check(self, sample: DecodedSample, where: str) -> None:
+        meta, expected = sample.meta, self.contract
+        found = FeatureContract(meta.encoder, sample.feats.shape[1], meta.grid)
+        fits = (found.feature_dim, found.grid) == (expected.feature_dim, expected.grid) and (
+            expected.encoder is None or found.encoder == expected.encoder
+        )
+        if not fits or sample.feats.shape[0] != found.grid[0] * found.grid[1]:
+            raise FeatureContractError(
+                f"{where} holds {found.describe()}, but the judge was trained on "
+                f"{expected.describe()}: evaluate with a judge trained on these shards' encoder"
+            )
+
+    def batches(self, batch_size: int, skip: Collection[str] = ()) -> Iterator[EvalBatch]:
+        """Batches in shard order, leaving out the sample keys in ``skip`` (already scored)."""
+        pending: list[tuple[str, DecodedSample]] = []
+        for url, key, sample in self._samples():
+            if key in skip:
+                continue
+            if (sample.attention is not None) != self.has_attention:
+                raise FeatureContractError(
+                    f"sample {key!r} in {url} {'has' if sample.attention is not None else 'lacks'}"
+                    f" attn.npy unlike the first sample: the shards mix two extractions"
+                )
+            pending.append((key, sample))
+            if len(pending) == batch_size:
+                yield self._collate(pending)
+                pending = []
+        if pending:
+            yield self._collate(pending)
+
+    def _collate(self, pending: list[tuple[str, DecodedSample]]) -> EvalBatch:
+        samples = [sample for _, sample in pending]
+        attention = (
+            torch.stack([torch.from_numpy(s.attention) for s in samples])  # (B, L)
+            if self.has_attention
+            else None
+        )
+        return EvalBatch(
+            keys=[key for key, _ in pending],
+            feats=torch.stack([torch.from_numpy(s.feats) for s in samples]),  # (B, L, C)
+            images=torch.stack([image_to_tensor(s.image, self.image_size) for s in samples]),
+            samples=samples,
+            attention=attention,
+        )
