@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import MakeShards
-from vtsel.cli import main, run_command
+from vtsel.cli import TOOLS, main, run_command
 from vtsel.data.format import FeatureContractError
 
 TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
@@ -170,3 +170,11 @@ def test_the_console_script_exits_zero_after_a_fit(shards: Path, tmp_path: Path)
         capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_every_tool_runs_its_own_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([name, "--help"])
+    assert stopped.value.code == 0
+    assert "usage:" in capsys.readouterr().out

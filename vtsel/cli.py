@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,48 +17,49 @@ from vtsel.checkpoints import newest_last_checkpoint
 from vtsel.data import FeatureShardDataModule
 from vtsel.module import SelectorModule
 
-ToolMain = Callable[[list[str]], None]
+
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand that is not a Trainer method, imported only when it runs (``fit`` starts
+    fast, and ``vtsel flops`` does not load transformers)."""
+
+    module: str
+    function: str
+    summary: str
+    """What it does, for ``vtsel --help``."""
+    typed: bool = True
+    """The function's signature is its command line (``--out``, ``--config``, ``--help``);
+    otherwise it takes the raw arguments itself."""
+
+    def run(self, argv: list[str]) -> None:
+        function = getattr(importlib.import_module(self.module), self.function)
+        if self.typed:
+            CLI(function, args=argv, as_positional=False)
+        else:
+            function(argv)
 
 
-def _typed_tool(function: Callable[..., Any]) -> ToolMain:
-    """A tool whose signature is its command line (``--out``, ``--config``, ``--help``)."""
-    return lambda argv: CLI(function, args=argv, as_positional=False)
-
-
-def _tools() -> dict[str, ToolMain]:
-    """Subcommands that are not a Trainer method; imported lazily so ``fit`` starts fast."""
-    from vtsel.demo import write_demo_images
-    from vtsel.evaluation.command import eval_command
-    from vtsel.export import export
-    from vtsel.extract.run import extract
-    from vtsel.flops import flops
-    from vtsel.stages import stages_main
-    from vtsel.visualize import visualize
-    from vtsel.vlm_eval.run import vlm_eval
-
-    return {
-        "extract": _typed_tool(extract),
-        "demo-data": _typed_tool(write_demo_images),
-        "eval": _typed_tool(eval_command),
-        "export": _typed_tool(export),
-        "flops": _typed_tool(flops),
-        "stages": stages_main,  # passes unknown arguments on to each stage's fit
-        "visualize": _typed_tool(visualize),
-        "vlm-eval": _typed_tool(vlm_eval),
-    }
-
-
-TOOL_NAMES = ("extract", "demo-data", "eval", "export", "flops", "stages", "visualize", "vlm-eval")
+TOOLS: dict[str, Tool] = {
+    "demo-data": Tool("vtsel.demo", "write_demo_images", "writes the demo image set"),
+    "extract": Tool("vtsel.extract.run", "extract", "turns images into feature shards"),
+    # stages passes unknown arguments on to each stage's fit
+    "stages": Tool("vtsel.stages", "stages_main", "runs a preset's training stages one fit "
+                   "after another", typed=False),
+    "export": Tool("vtsel.export", "export", "writes a trained selector for inference without "
+                   "Lightning"),
+    "eval": Tool("vtsel.evaluation.command", "eval_command", "scores selection methods at token "
+                 "budgets with an independent judge"),
+    "visualize": Tool("vtsel.visualize", "visualize", "draws which tokens an exported selector "
+                      "keeps of an image file"),
+    "flops": Tool("vtsel.flops", "flops", "tabulates a VLM's vision-token TFLOPs at token "
+                  "budgets"),
+    "vlm-eval": Tool("vtsel.vlm_eval.run", "vlm_eval", "scores a VLM's answers at token "
+                     "budgets and selection methods"),
+}
 DESCRIPTION = (
     "Train adaptive visual-token selectors. Besides fit/validate/test/predict: "
-    "`vtsel demo-data` writes the demo image set, `vtsel extract` turns images into "
-    "feature shards, `vtsel stages` runs a preset's training stages one fit after another, "
-    "`vtsel export` writes a trained selector for inference without Lightning, "
-    "`vtsel eval` scores selection methods at token budgets with an independent judge, "
-    "`vtsel visualize` draws which tokens an exported selector keeps of an image file, "
-    "`vtsel flops` tabulates a VLM's vision-token TFLOPs at token budgets, "
-    "`vtsel vlm-eval` scores a VLM's answers at token budgets and selection methods "
-    "(each has --help)."
+    + ", ".join(f"`vtsel {name}` {tool.summary}" for name, tool in TOOLS.items())
+    + " (each has --help)."
 )
 
 
@@ -161,8 +162,8 @@ def run_command(args: list[str] | None = None) -> LightningCLI | None:
     """Run a ``vtsel`` command; returns the CLI of a Lightning subcommand (holding the trainer
     and its metrics) for tests and notebooks, ``None`` for the data tools."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in TOOL_NAMES:
-        _tools()[argv[0]](argv[1:])
+    if argv and argv[0] in TOOLS:
+        TOOLS[argv[0]].run(argv[1:])
         return None
     return _make_cli(VtselCLI, args, run=True)
 
