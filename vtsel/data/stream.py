@@ -22,6 +22,7 @@ from PIL import Image
 
 from vtsel.data.format import (
     CorruptSampleError,
+    DecodedSample,
     FeatureContractError,
     check_contract,
     decode_sample,
@@ -110,17 +111,24 @@ def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, S, S)
 
 
+def decode_readable(
+    raw_samples: Iterable[Sample], budget: CorruptionBudget
+) -> Iterator[tuple[str, str, DecodedSample]]:
+    """(shard URL, key, sample) of every raw sample that decodes; the others are counted in
+    ``budget`` (which stops the run past its limit), never silently dropped."""
+    for raw in raw_samples:
+        url, key = raw.get("__url__", "?"), raw.get("__key__", "?")
+        try:
+            yield url, key, decode_sample(raw)
+        except CorruptSampleError as err:
+            budget.record(url, f"sample {key!r}", err)
+
+
 def decode_and_check(
     raw_samples: Iterable[Sample], spec: SampleSpec, budget: CorruptionBudget
 ) -> Iterator[Sample]:
     """Raw tar members -> tensors; skip corrupt samples, stop at once on a contract breach."""
-    for raw in raw_samples:
-        url, key = raw.get("__url__", "?"), raw.get("__key__", "?")
-        try:
-            sample = decode_sample(raw)
-        except CorruptSampleError as err:
-            budget.record(url, f"sample {key!r}", err)
-            continue
+    for url, key, sample in decode_readable(raw_samples, budget):
         check_contract(sample, f"sample {key!r} in {url}", spec.feature_dim, spec.grid_size,
                        spec.encoder)
         decoded = {

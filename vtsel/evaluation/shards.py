@@ -14,13 +14,11 @@ import torch
 import webdataset as wds
 
 from vtsel.data.format import (
-    CorruptSampleError,
     DecodedSample,
     FeatureContractError,
-    decode_sample,
 )
 from vtsel.data.shardlist import load_shard_set
-from vtsel.data.stream import CorruptionBudget, image_to_tensor
+from vtsel.data.stream import CorruptionBudget, decode_readable, image_to_tensor
 from vtsel.evaluation.judge import FeatureContract
 
 
@@ -76,13 +74,7 @@ class HeldOutShards:
             budget.track_shards,
             wds.tarfile_to_samples(handler=budget.skip_tar_error),
         )
-        for raw in raw_samples:
-            url, key = raw.get("__url__", "?"), raw.get("__key__", "?")
-            try:
-                sample = decode_sample(raw)
-            except CorruptSampleError as err:
-                budget.record(url, f"sample {key!r}", err)
-                continue
+        for url, key, sample in decode_readable(raw_samples, budget):
             self._check(sample, f"sample {key!r} in {url}")
             yield url, key, sample
 
