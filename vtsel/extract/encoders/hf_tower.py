@@ -1,9 +1,14 @@
-"""A VLM's own vision tower from a transformers checkpoint, read at the VLM's feature layer.
+"""transformers vision towers read at one layer: the part every HF encoder shares.
 
-The VLM's projector reads one layer's hidden states of its fine-tuned tower (transformers'
-``vision_feature_layer``; index 0 is the embeddings, k >= 1 the output of block k, negative
-counts from the end). Blocks after that layer are dropped, and the layer's output is taken with
-a hook, so the tokens are the ones the VLM computes whatever the tower's final norms do.
+A tower's tokens at hidden-states index k (0 is the embeddings, k >= 1 the output of block k,
+negative counts from the end, as ``output_hidden_states`` and VLMs' ``vision_feature_layer``
+count) are taken with a hook on block k, and the blocks after it are dropped since their output
+is never read. Blocks and their attention are found by what they are (the module list of
+``num_hidden_layers`` blocks; the submodule with ``q_proj`` and ``k_proj``), so any ViT-like
+transformers tower works without a per-model table.
+
+``HFVisionTower`` reads a VLM's own tower out of its checkpoint; ``TransformersEncoder``
+(``transformers_model.py``) loads a standalone vision backbone.
 """
 
 from __future__ import annotations
@@ -30,11 +35,90 @@ from vtsel.extract.encoders.hf_checkpoint import (
 )
 
 
-class HFVisionTower(VisionEncoder):
-    """Base of the transformers towers: loading, layer pruning, CLS attention.
+class TransformersTower(VisionEncoder):
+    """Reads a transformers vision tower's tokens at one layer, prefix tokens dropped.
 
-    Subclasses name the checkpoint family and where the tower keeps its blocks, and may reshape
-    the tokens (``_to_grid``) as their VLM does before the projector.
+    Subclasses load the tower and its preprocessing, set ``image_size``, ``mean``, ``std``,
+    ``resample``, ``encoder_id``, then call ``_read_layer``; they may reshape the tokens
+    (``_to_grid``) as their VLM does before its projector.
+    """
+
+    def _read_layer(
+        self,
+        tower: nn.Module,
+        layer: int,
+        attention: bool,
+        patch_grid: tuple[int, int],
+        num_prefix: int,
+        source: str,
+    ) -> None:
+        """Keep ``tower`` up to hidden-states index ``layer`` and remember how to read it.
+
+        Args:
+            tower: The transformers vision model, weights loaded.
+            layer: Hidden-states index to read (>= 1 or < 0).
+            attention: Also return the CLS→patch attention of that layer's block.
+            patch_grid: (H, W) of the tower's patch tokens at ``image_size``.
+            num_prefix: Tokens before the patches (CLS, registers); 0 for towers without.
+            source: Where the tower came from, named in messages.
+        """
+        if attention and num_prefix == 0:
+            raise ValueError(
+                f"{source}: the tower's output has no CLS token before its patches, so there "
+                f"is no CLS→patch attention to read: use attention=False"
+            )
+        self.tower = tower
+        self.layer, self.attention = layer, attention
+        self.patch_grid, self.num_prefix = patch_grid, num_prefix
+        self.num_heads = int(tower.config.num_attention_heads)
+        self._blocks = _find_blocks(tower, int(tower.config.num_hidden_layers), source)
+        index = layer if layer >= 0 else len(self._blocks) + 1 + layer
+        if not 1 <= index <= len(self._blocks):
+            raise ValueError(
+                f"layer={layer} does not name one of the {len(self._blocks)} blocks of the "
+                f"tower in {source} (1..{len(self._blocks)} or -1..-{len(self._blocks)})"
+            )
+        del self._blocks[index:]  # their output is never read
+        self.tower.eval().requires_grad_(False)  # frozen: features only
+        self.grid, self.feature_dim = patch_grid, int(tower.config.hidden_size)
+
+    def forward(self, pixels: torch.Tensor) -> EncodedBatch:
+        """Tokens of the feature layer (B, H*W, C) and optionally CLS attention (B, H*W)."""
+        block = self._blocks[-1]
+        attention_module = _find_attention(block)
+        with (
+            recorded_outputs(block) as block_outputs,
+            recorded_inputs(attention_module, enabled=self.attention) as attention_inputs,
+        ):
+            self.tower(pixel_values=pixels)
+        tokens = self._layer_tokens(block_outputs[0])  # (B, N, C)
+        patch_tokens = tokens[:, self.num_prefix :]  # (B, h*w, C)
+        height, width = self.patch_grid
+        if patch_tokens.shape[1] != height * width:
+            raise ValueError(
+                f"{self.encoder_id}: {patch_tokens.shape[1]} patch tokens for a "
+                f"{height}x{width} grid; inputs must be {self.image_size}x{self.image_size}"
+            )
+        attention = None
+        if self.attention:
+            attention = _cls_attention(
+                attention_module, attention_inputs[0], self.num_heads, self.num_prefix
+            )
+        return self._to_grid(patch_tokens, attention)
+
+    def _layer_tokens(self, block_output: torch.Tensor) -> torch.Tensor:
+        """The tokens (B, N, C) from the feature block's output; subclasses add norms."""
+        return block_output
+
+    def _to_grid(self, patch_tokens: torch.Tensor, attention: torch.Tensor | None) -> EncodedBatch:
+        """Patch tokens (B, h*w, C) as the consumer receives them; default: unchanged."""
+        return EncodedBatch(patch_tokens, attention)
+
+
+class HFVisionTower(TransformersTower):
+    """A VLM's own vision tower, read from the VLM's transformers checkpoint without its LLM.
+
+    Subclasses name the checkpoint family.
 
     Args:
         checkpoint: Folder of a Hugging Face VLM checkpoint (config.json,
@@ -46,8 +130,6 @@ class HFVisionTower(VisionEncoder):
     family: ClassVar[str]  # e.g. "LLaVA-NeXT", for messages
     id_prefix: ClassVar[str]  # first part of encoder_id
     model_types: ClassVar[tuple[str, ...]]  # accepted config model_type values
-    blocks_path: ClassVar[str]  # attribute path of the tower's block list
-    attention_name: ClassVar[str]  # attribute of a block holding its attention module
 
     def __init__(self, checkpoint: str, layer: int, attention: bool = False) -> None:
         super().__init__()
@@ -65,45 +147,17 @@ class HFVisionTower(VisionEncoder):
         self.image_size = height
         self.mean, self.std, self.resample = processor.mean, processor.std, processor.resample
         patch_h, patch_w = as_pair(vision_config.patch_size)
-        self.patch_grid = (height // patch_h, width // patch_w)  # (H, W) of the tower's tokens
         # Select strategy "default" (LLaVA's, InternVL's) drops the CLS token; "full" keeps all.
-        strategy = self.config.vision_feature_select_strategy
-        self.num_prefix = 1 if strategy == "default" else 0
-        if attention and self.num_prefix == 0:
-            raise ValueError(
-                f"{self.checkpoint}: vision_feature_select_strategy {strategy!r} keeps every "
-                f"token, so there is no CLS token to read attention from: use attention=False"
-            )
-        self.layer, self.attention = layer, attention
+        num_prefix = 1 if self.config.vision_feature_select_strategy == "default" else 0
         self.encoder_id = f"{self.id_prefix}:{self.checkpoint.name}:layer{layer}"
         # float32 whatever the checkpoint stores: the extraction engine picks compute precision.
-        self.tower = transformers.AutoModel.from_config(vision_config, dtype=torch.float32)
-        load_tower_weights(self.checkpoint, self.tower)
-        self._keep_blocks_through(layer)
-        self.tower.eval().requires_grad_(False)  # frozen: features only
-        self.grid, self.feature_dim = self.patch_grid, int(vision_config.hidden_size)
-
-    def forward(self, pixels: torch.Tensor) -> EncodedBatch:
-        """Tokens of the feature layer (B, H*W, C) and optionally CLS attention (B, H*W)."""
-        block = self._blocks()[-1]
-        attention_module = getattr(block, self.attention_name)
-        with (
-            recorded_outputs(block) as block_outputs,
-            recorded_inputs(attention_module, enabled=self.attention) as attention_inputs,
-        ):
-            self.tower(pixel_values=pixels)
-        tokens = self._layer_tokens(block_outputs[0])  # (B, N, C)
-        patch_tokens = tokens[:, self.num_prefix :]  # (B, h*w, C)
-        height, width = self.patch_grid
-        if patch_tokens.shape[1] != height * width:
-            raise ValueError(
-                f"{self.encoder_id}: {patch_tokens.shape[1]} patch tokens for a "
-                f"{height}x{width} grid; inputs must be {self.image_size}x{self.image_size}"
-            )
-        attention = None
-        if self.attention:
-            attention = _cls_attention(attention_module, attention_inputs[0], self.num_prefix)
-        return self._to_grid(patch_tokens, attention)
+        tower = transformers.AutoModel.from_config(vision_config, dtype=torch.float32)
+        load_tower_weights(self.checkpoint, tower)
+        self._read_layer(
+            tower, layer, attention, (height // patch_h, width // patch_w), num_prefix,
+            f"{self.checkpoint} (vision_feature_select_strategy "
+            f"{self.config.vision_feature_select_strategy!r})",
+        )
 
     def _details(self) -> dict[str, Any]:
         return {
@@ -112,31 +166,33 @@ class HFVisionTower(VisionEncoder):
             "attention": self.attention,
         }
 
-    def _layer_tokens(self, block_output: torch.Tensor) -> torch.Tensor:
-        """The VLM's tokens (B, N, C) from the feature block's output; subclasses add norms."""
-        return block_output
 
-    def _to_grid(self, patch_tokens: torch.Tensor, attention: torch.Tensor | None) -> EncodedBatch:
-        """Patch tokens (B, h*w, C) as the VLM's projector receives them; default: unchanged."""
-        return EncodedBatch(patch_tokens, attention)
-
-    def _blocks(self) -> nn.ModuleList:
-        return self.tower.get_submodule(self.blocks_path)
-
-    def _keep_blocks_through(self, layer: int) -> None:
-        """Drop the blocks after hidden-states index ``layer``: their output is never read."""
-        num_blocks = len(self._blocks())
-        index = layer if layer >= 0 else num_blocks + 1 + layer
-        if not 1 <= index <= num_blocks:
-            raise ValueError(
-                f"layer={layer} does not name one of the {num_blocks} blocks of the tower in "
-                f"{self.checkpoint} (1..{num_blocks} or -1..-{num_blocks})"
-            )
-        parent_path, _, name = self.blocks_path.rpartition(".")
-        setattr(self.tower.get_submodule(parent_path), name, self._blocks()[:index])
+def _find_blocks(tower: nn.Module, num_layers: int, source: str) -> nn.ModuleList:
+    """The tower's list of transformer blocks: the one ``nn.ModuleList`` of ``num_layers``."""
+    lists = [
+        module
+        for module in tower.modules()
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers
+    ]
+    if len(lists) != 1:
+        raise ValueError(
+            f"{source}: expected one list of {num_layers} transformer blocks in "
+            f"{type(tower).__name__}, found {len(lists)}"
+        )
+    return lists[0]
 
 
-def _cls_attention(module: nn.Module, hidden: torch.Tensor, num_prefix: int) -> torch.Tensor:
+def _find_attention(block: nn.Module) -> nn.Module:
+    """The block's self-attention: the submodule with query and key projections."""
+    for module in block.modules():
+        if hasattr(module, "q_proj") and hasattr(module, "k_proj"):
+            return module
+    raise ValueError(f"{type(block).__name__} has no attention module with q_proj and k_proj")
+
+
+def _cls_attention(
+    module: nn.Module, hidden: torch.Tensor, num_heads: int, num_prefix: int
+) -> torch.Tensor:
     """CLS→patch attention (B, N - num_prefix) of a transformers attention module's input.
 
     Queries and keys go through the module's own projections (and q/k norms, if it has them).
@@ -145,5 +201,4 @@ def _cls_attention(module: nn.Module, hidden: torch.Tensor, num_prefix: int) -> 
     keys = module.k_proj(hidden)  # (B, N, D)
     if hasattr(module, "q_norm"):
         cls_query, keys = module.q_norm(cls_query), module.k_norm(keys)
-    return cls_patch_attention(cls_query, keys, module.num_heads, num_prefix)
-
+    return cls_patch_attention(cls_query, keys, num_heads, num_prefix)

@@ -35,8 +35,6 @@ class InternVisionTower(HFVisionTower):
     family = "InternVL"
     id_prefix = "internvl"
     model_types = ("internvl",)
-    blocks_path = "encoder.layer"
-    attention_name = "attention"
 
     def __init__(
         self,

@@ -31,8 +31,6 @@ class LlavaNextVisionTower(HFVisionTower):
     family = "LLaVA-NeXT"
     id_prefix = "llava_next"
     model_types = ("llava_next",)
-    blocks_path = "encoder.layers"
-    attention_name = "self_attn"
 
     def __init__(self, checkpoint: str, layer: int = -2, attention: bool = False) -> None:
         super().__init__(checkpoint, layer, attention)
