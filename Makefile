@@ -10,7 +10,7 @@ DEMO := data/demo
 # The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,hf]'
+	$(BIN)/pip install --quiet -e '.[dev,hf,demo]'
 	touch $@
 
 install: $(INSTALLED)
