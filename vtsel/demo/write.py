@@ -18,19 +18,22 @@ from rich.progress import Progress
 
 from vtsel.demo.charts import render_chart
 from vtsel.demo.documents import render_document
+from vtsel.demo.pages import render_page
 from vtsel.demo.photos import package_photos, photo_views
 from vtsel.demo.text import Box
 
 TRAIN_DIR, HELDOUT_DIR = "train", "heldout"
-# With heldout=True: documents and scikit-image photos train; charts and these photos are held out.
+# With heldout=True: documents and scikit-image photos train; charts, pages of real text and
+# these photos are held out.
 HELDOUT_PHOTO_SOURCES = ("mpl", "sklearn")
 
 
 def write_demo_images(
     out: str,
-    num_documents: int = 150,
+    num_documents: int = 300,
     num_charts: int = 150,
-    crops_per_photo: int = 8,
+    num_pages: int = 60,
+    crops_per_photo: int = 16,
     seed: int = 0,
     heldout: bool = False,
 ) -> dict[str, int]:
@@ -40,22 +43,24 @@ def write_demo_images(
         out: Folder to write into (created if missing).
         num_documents: Number of rendered document pages.
         num_charts: Number of rendered charts.
+        num_pages: Number of rendered pages of real text (the standard library's docstrings).
         crops_per_photo: Random crops written per packaged photo, besides the photo itself.
         seed: Seed of every random choice; the same seed writes byte-identical files.
         heldout: Write two subfolders instead of one: ``train/`` (documents and the
-            scikit-image photos) and ``heldout/`` (charts and the matplotlib and scikit-learn
-            photos), so an evaluation can use images of sources training never saw.
+            scikit-image photos) and ``heldout/`` (charts, pages of real text and the
+            matplotlib and scikit-learn photos), so an evaluation can use images of sources
+            training never saw.
 
     Returns:
-        Number of images written per kind: ``{"photo": ..., "doc": ..., "chart": ...}``.
+        Images written per kind: ``{"photo": ..., "doc": ..., "chart": ..., "page": ...}``.
     """
     root = Path(out)
     folders = [root / TRAIN_DIR, root / HELDOUT_DIR] if heldout else [root]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     photos = package_photos()
-    counts = {"photo": 0, "doc": 0, "chart": 0}
-    total = len(photos) * (1 + crops_per_photo) + num_documents + num_charts
+    counts = {"photo": 0, "doc": 0, "chart": 0, "page": 0}
+    total = len(photos) * (1 + crops_per_photo) + num_documents + num_charts + num_pages
     with Progress() as progress:
         task = progress.add_task("demo images", total=total)
         for name, photo in photos:
@@ -67,6 +72,7 @@ def write_demo_images(
         for kind, number, render in (
             ("doc", num_documents, render_document),
             ("chart", num_charts, render_chart),
+            ("page", num_pages, render_page),
         ):
             for i in range(number):
                 image, boxes = render(_rng(seed, f"{kind}-{i}"))
@@ -80,12 +86,13 @@ def write_demo_images(
 
 def destination(root: Path, name: str, heldout: bool) -> Path:
     """The folder of the image ``name`` (``doc-3``, ``photo-mpl-logo2``): ``root`` itself, or
-    with ``heldout`` its ``heldout/`` (charts, ``HELDOUT_PHOTO_SOURCES``) or ``train/``."""
+    with ``heldout`` its ``heldout/`` (charts, pages, ``HELDOUT_PHOTO_SOURCES``) or
+    ``train/``."""
     if not heldout:
         return root
     kind, rest = name.split("-", 1)
     source = rest.split("-", 1)[0]
-    held = kind == "chart" or (kind == "photo" and source in HELDOUT_PHOTO_SOURCES)
+    held = kind in ("chart", "page") or (kind == "photo" and source in HELDOUT_PHOTO_SOURCES)
     return root / (HELDOUT_DIR if held else TRAIN_DIR)
 
 
