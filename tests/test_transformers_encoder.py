@@ -13,11 +13,9 @@ import pytest
 import torch
 import transformers
 
+from tests.extract_support import TOWER_CONFIG, TOWER_PATCH, TOWER_SIZE, TOWER_WIDTH, save_tower
 from vtsel.extract.encoders import TransformersEncoder
 
-SIZE, PATCH = 28, 7  # a 4x4 patch grid
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-          "num_attention_heads": 4, "image_size": SIZE, "patch_size": PATCH}
 # (config class, image processor class, extra config, prefix tokens before the patches)
 FAMILIES = {
     "dinov2": ("Dinov2Config", "BitImageProcessor", {}, 1),
@@ -28,21 +26,10 @@ FAMILIES = {
 }
 
 
-def _save(folder: Path, config_name: str, processor_name: str, extra: dict) -> Path:
-    torch.manual_seed(0)
-    config = getattr(transformers, config_name)(**VISION, **extra)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    getattr(transformers, processor_name)(
-        size={"height": SIZE, "width": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-        image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.4],
-    ).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     config_name, processor_name, extra, num_prefix = FAMILIES[request.param]
-    folder = _save(tmp_path_factory.mktemp(request.param), config_name, processor_name, extra)
+    folder = save_tower(tmp_path_factory.mktemp(request.param), config_name, processor_name, extra)
     return request.param, folder, num_prefix
 
 
@@ -58,12 +45,13 @@ def _reference(folder: Path, pixels: torch.Tensor, layer: int) -> tuple[torch.Te
 def test_features_are_the_models_hidden_states_without_prefix(family: tuple, layer: int) -> None:
     _, folder, num_prefix = family
     encoder = TransformersEncoder(str(folder), layer=layer)
-    pixels = torch.randn(2, 3, SIZE, SIZE)
+    pixels = torch.randn(2, 3, TOWER_SIZE, TOWER_SIZE)
     hidden, _ = _reference(folder, pixels, layer)
     with torch.no_grad():
         features = encoder(pixels).features  # (B, L, C)
     assert encoder.num_prefix == num_prefix
-    assert encoder.grid == (SIZE // PATCH, SIZE // PATCH) and encoder.feature_dim == 32
+    assert encoder.grid == (TOWER_SIZE // TOWER_PATCH, TOWER_SIZE // TOWER_PATCH)
+    assert encoder.feature_dim == TOWER_WIDTH
     torch.testing.assert_close(features, hidden[:, num_prefix:], atol=1e-5, rtol=1e-5)
     assert encoder.encoder_id == f"transformers:{folder.name}:layer{layer}"
 
@@ -75,7 +63,7 @@ def test_cls_attention_is_the_eager_cls_row_without_prefix(family: tuple) -> Non
             TransformersEncoder(str(folder), attention=True)
         return
     encoder = TransformersEncoder(str(folder), layer=-2, attention=True)
-    pixels = torch.randn(2, 3, SIZE, SIZE)
+    pixels = torch.randn(2, 3, TOWER_SIZE, TOWER_SIZE)
     _, attentions = _reference(folder, pixels, -2)
     # hidden-states index -2 is the output of block L-1, whose attention map is attentions[-2]
     rows = attentions[-2].mean(dim=1)[:, 0, num_prefix:]  # (B, patches)
@@ -88,7 +76,7 @@ def test_cls_attention_is_the_eager_cls_row_without_prefix(family: tuple) -> Non
 def test_preprocessing_comes_from_the_folders_processor(family: tuple) -> None:
     _, folder, _ = family
     encoder = TransformersEncoder(str(folder))
-    assert encoder.image_size == SIZE
+    assert encoder.image_size == TOWER_SIZE
     assert encoder.mean == pytest.approx((0.5, 0.4, 0.3))
     assert encoder.std == pytest.approx((0.2, 0.3, 0.4))
     assert encoder.describe()["model"] == str(folder.resolve())
@@ -97,17 +85,17 @@ def test_preprocessing_comes_from_the_folders_processor(family: tuple) -> None:
 def test_a_dual_model_folder_gives_its_vision_tower(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
-        vision_config=VISION,
+        vision_config=TOWER_CONFIG,
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                      "num_attention_heads": 4, "vocab_size": 64},
     )
     model = transformers.CLIPModel(config).eval()
     model.save_pretrained(tmp_path)
     transformers.CLIPImageProcessor(
-        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
+        size={"shortest_edge": TOWER_SIZE}, crop_size={"height": TOWER_SIZE, "width": TOWER_SIZE}
     ).save_pretrained(tmp_path)
     encoder = TransformersEncoder(str(tmp_path), layer=-2)
-    pixels = torch.randn(1, 3, SIZE, SIZE)
+    pixels = torch.randn(1, 3, TOWER_SIZE, TOWER_SIZE)
     with torch.no_grad():
         expected = model.vision_model(pixel_values=pixels, output_hidden_states=True)
         features = encoder(pixels).features
@@ -115,7 +103,7 @@ def test_a_dual_model_folder_gives_its_vision_tower(tmp_path: Path) -> None:
 
 
 def test_bad_folders_and_layers_are_refused_by_name(tmp_path: Path) -> None:
-    folder = _save(tmp_path / "dino", "Dinov2Config", "BitImageProcessor", {})
+    folder = save_tower(tmp_path / "dino")
     with pytest.raises(ValueError, match=r"layer=4 does not name one of the 3 blocks"):
         TransformersEncoder(str(folder), layer=4)
     with pytest.raises(ValueError, match=r"layer=0 does not name"):

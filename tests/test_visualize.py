@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import Exported, write_feature_shards
+from tests.extract_support import TOWER_SIZE, save_tower
 from tests.test_cli import TWINS, fit
 from vtsel.cli import main
 from vtsel.extract.crops import CenterCrop
-from vtsel.extract.encoders import OpenClipEncoder
+from vtsel.extract.encoders import OpenClipEncoder, TransformersEncoder
 from vtsel.figures import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH
 from vtsel.images import to_rgb
 from vtsel.inference import TokenSelector
@@ -25,7 +26,6 @@ from vtsel.visualize import CAPTION_HEIGHT
 
 ENCODER = "open_clip:ViT-S-16:random:layer-2"  # what `vtsel extract` records by default
 SIZE, GRID, WIDTH = 224, 14, 384  # ViT-S-16: 224 px input, 14x14 grid of 384-wide tokens
-BLOCK = SIZE // GRID
 KEEP, SEED = 0.4, 3
 
 
@@ -70,9 +70,11 @@ def visualize(image: Path, selector: Path, out: Path, *extra: str) -> np.ndarray
         return np.asarray(png.convert("RGB")).astype(int)  # (H, W, 3)
 
 
-def kept_blocks(panel: np.ndarray, view: np.ndarray) -> np.ndarray:
-    """Indices (k,) of the grid blocks shown unchanged; every other block must be darkened."""
-    blocks = lambda a: a.reshape(GRID, BLOCK, GRID, BLOCK, 3).swapaxes(1, 2)  # noqa: E731
+def kept_blocks(panel: np.ndarray, view: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Indices (k,) of the blocks of a grid x grid panel shown unchanged; every other block
+    must be darkened."""
+    block = view.shape[0] // grid
+    blocks = lambda a: a.reshape(grid, block, grid, block, 3).swapaxes(1, 2)  # noqa: E731
     same = (blocks(panel) == blocks(view)).all(axis=(2, 3, 4))  # (H, W)
     darkened = np.abs(blocks(panel) - np.round(blocks(view) * DROPPED_BRIGHTNESS)) <= 1
     darkened = darkened.all(axis=(2, 3, 4))  # (H, W)
@@ -157,3 +159,33 @@ def test_weights_named_in_the_encoder_id_must_be_found(
     # --pretrained random overrides the recorded weights (and warns that they differ)
     with pytest.warns(UserWarning, match="my-weights.bin"):
         visualize(photo, copy, tmp_path / "out.png", "--pretrained", "random")
+
+
+def test_an_extraction_config_gives_any_encoder_and_its_crop(
+    exported: Exported, photo: Path, tmp_path: Path
+) -> None:
+    """--extraction builds what `vtsel extract` built: here a transformers tower (the demo's
+    encoder class, tiny: 32-wide tokens on a 4x4 grid, the exported selector's contract)."""
+    tower = save_tower(tmp_path / "tiny-dinov2")
+    config = tmp_path / "extract.yaml"
+    config.write_text(
+        "images: unused\nout: unused\n"
+        "encoder:\n  class_path: vtsel.extract.encoders.TransformersEncoder\n"
+        f"  init_args: {{model: {tower}, layer: -2}}\n"
+        "crops:\n  class_path: vtsel.extract.crops.CenterCrop\n"
+    )
+    out = tmp_path / "figure.png"
+    with pytest.warns(UserWarning, match="test-encoder"):  # not the encoder it was trained on
+        figure = visualize(photo, exported.directory, out, "--extraction", str(config))
+    assert figure.shape == (TOWER_SIZE + CAPTION_HEIGHT, 2 * TOWER_SIZE + SEPARATOR_WIDTH, 3)
+
+    encoder = TransformersEncoder(str(tower), layer=-2)
+    with Image.open(photo) as opened:
+        (crop,) = CenterCrop(encoder.resample).crops(to_rgb(opened), TOWER_SIZE)
+    with torch.inference_mode():
+        feats = encoder(encoder.normalize(crop.view)[None]).features  # (1, 16, 32)
+    expected = TokenSelector.from_pretrained(exported.directory).select(feats, keep=KEEP)
+    view = np.asarray(crop.view).astype(int)  # (S, S, 3)
+    right = figure[CAPTION_HEIGHT:, TOWER_SIZE + SEPARATOR_WIDTH :]
+    kept = kept_blocks(right, view, grid=encoder.grid[0])
+    np.testing.assert_array_equal(kept, expected.indices[0].numpy())

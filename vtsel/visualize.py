@@ -18,7 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vtsel.extract.crops import CenterCrop
-from vtsel.extract.encoders import OpenClipEncoder
+from vtsel.extract.encoders import OpenClipEncoder, VisionEncoder
+from vtsel.extract.run import extraction_parts
 from vtsel.figures import overlay_mask, side_by_side, to_uint8
 from vtsel.images import to_rgb
 from vtsel.inference import CONFIG_FILE, TokenSelector
@@ -43,6 +44,7 @@ def visualize(
     selector: str,
     out: str,
     keep: float = 0.4,
+    extraction: str | None = None,
     model_name: str | None = None,
     pretrained: str | None = None,
     layer: int | None = None,
@@ -55,15 +57,19 @@ def visualize(
     tokens, and each token is the S/H-pixel block the encoder's patch covers. The panels are at
     the encoder's input size S, under a caption row ("random 40%" | "selector 40%").
 
-    The encoder defaults to the one the selector was trained on, read from its config.json
-    ``encoder`` id (``open_clip:<model>:<weights>:layer<N>``); the arguments below replace
-    parts of it. An encoder whose token width or grid differs from the selector's is refused.
+    The encoder and crop are those of ``extraction``, the extraction config the selector's
+    features came from (any encoder). Without it, an open_clip encoder is rebuilt from the
+    selector's config.json ``encoder`` id (``open_clip:<model>:<weights>:layer<N>``), and the
+    open_clip arguments below replace parts of it. An encoder whose token width or grid differs
+    from the selector's is refused.
 
     Args:
         image: Image file in any format and mode PIL reads (grey, RGBA and 16-bit included).
         selector: Folder written by ``vtsel export``.
         out: PNG file to write; its folder is created if missing.
         keep: Share of tokens kept in both panels, in (0, 1].
+        extraction: Extraction config (``conf/extract/*.yaml``) whose encoder and crop plan
+            made the selector's features, e.g. ``conf/extract/demo.yaml``.
         model_name: open_clip architecture, e.g. ``ViT-S-16``; default: the selector's.
         pretrained: Encoder weights: an open_clip tag, the path of a local weights file, or
             ``random`` for seeded random weights; default: the selector's (for weights trained
@@ -75,13 +81,17 @@ def visualize(
         raise ValueError(f"keep={keep} must lie in (0, 1]")
     token_selector = TokenSelector.from_pretrained(selector)
     config_path = Path(selector) / CONFIG_FILE
-    encoder_args = _encoder_args(
-        token_selector.config.get("encoder"), config_path, model_name, pretrained, layer
-    )
     view = _load(Path(image))
-    encoder = OpenClipEncoder(*encoder_args)
+    if extraction is not None:
+        encoder, crops = extraction_parts(extraction)
+    else:
+        encoder_args = _encoder_args(
+            token_selector.config.get("encoder"), config_path, model_name, pretrained, layer
+        )
+        encoder = OpenClipEncoder(*encoder_args)
+        crops = CenterCrop(encoder.resample)
     _check_contract(encoder, token_selector, config_path)
-    (crop,) = CenterCrop(encoder.resample).crops(view, encoder.image_size)
+    crop = crops.crops(view, encoder.image_size)[0]  # the first: the whole image's view
     with torch.inference_mode():
         feats = encoder(encoder.normalize(crop.view)[None]).features  # (1, L, C)
     num_tokens = feats.shape[1]
@@ -111,8 +121,8 @@ def _encoder_args(
     if model_name is None and match is None:
         raise ValueError(
             f"{config_path} records encoder {encoder_id!r}, not an open_clip id of the form "
-            f"'open_clip:<model>:<weights>:layer<N>': give --model_name (and --pretrained, "
-            f"--layer) of the encoder its features came from"
+            f"'open_clip:<model>:<weights>:layer<N>': give --extraction, the extraction config "
+            f"its features came from (or --model_name of an open_clip encoder)"
         )
     if match is None or model_name not in (None, match["model"]):
         resolved_layer = -2 if layer is None else layer
@@ -151,7 +161,7 @@ def _load(path: Path) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
-def _check_contract(encoder: OpenClipEncoder, selector: TokenSelector, config_path: Path) -> None:
+def _check_contract(encoder: VisionEncoder, selector: TokenSelector, config_path: Path) -> None:
     """Refuse an encoder whose tokens the selector cannot take; warn if it is another one."""
     config = selector.config
     wanted = (config["feature_dim"], tuple(config["grid_size"]))
@@ -160,7 +170,8 @@ def _check_contract(encoder: OpenClipEncoder, selector: TokenSelector, config_pa
         raise ValueError(
             f"encoder {encoder.encoder_id} gives {_describe(*given)}, but the selector of "
             f"{config_path} takes {_describe(*wanted)} (encoder {config.get('encoder')!r}): "
-            f"pick the encoder it was trained on with --model_name/--pretrained/--layer"
+            f"pick the encoder it was trained on with --extraction or --model_name/"
+            f"--pretrained/--layer"
         )
     if config.get("encoder") not in (None, encoder.encoder_id):
         warnings.warn(

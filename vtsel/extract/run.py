@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentParser
 
 from vtsel.extract.crops import CenterCrop, CropPlan
 from vtsel.extract.decode import MAX_IMAGE_PIXELS
@@ -170,3 +171,13 @@ def _precision(precision: str, accelerator: str) -> str:
     if not on_gpu:
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def extraction_parts(config: str | Path) -> tuple[VisionEncoder, CropPlan]:
+    """The encoder and crop plan an extraction config (``conf/extract/*.yaml``) builds, for
+    tools that must see images exactly as that extraction did (``vtsel visualize``)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(extract)
+    built = parser.instantiate_classes(parser.parse_path(str(config)))
+    encoder = OpenClipEncoder() if built.encoder is None else built.encoder
+    return encoder, CenterCrop() if built.crops is None else built.crops
