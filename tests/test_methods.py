@@ -303,7 +303,7 @@ def test_inputs_outside_the_contract_are_refused() -> None:
 
 def test_registry_builds_by_name_and_lists_the_valid_names() -> None:
     assert isinstance(build_method("uniform", grid=GRID), UniformGrid)
-    names = {"random", "uniform", "norm", "divprune", "visionzip", "hiprune", "selector"}
+    names = {"random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune", "selector"}
     assert set(METHODS) == names
     with pytest.raises(ValueError, match=", ".join(sorted(names))):
         build_method("fastv")

@@ -1,23 +1,44 @@
-"""Random keep masks over a range of keep ratios: what an unbiased reconstructor trains on.
+"""Keep masks drawn without a trained selector: what unbiased reconstructors learn from.
 
-Eq. 1 of the paper compares two token subsets by how well a reconstructor R rebuilds all tokens
-from each. If R is trained together with one selector it learns that selector's habits, and the
-comparison favours it. A reconstructor trained on uniformly random subsets of every size in a
-range has no preferred selector: this module draws those subsets.
+Eq. 1 of the paper compares two token subsets by how well a reconstructor R rebuilds the rest
+from each. An R trained with one selector learns that selector's habits; an R trained only on
+uniformly random subsets learns the habits of random subsets, which spread evenly, and then
+scores every concentrated selection (DivPrune, VisionZip, any learned selector) as worse than it
+is. So the judge learns from a mixture of mask *families*, each at budgets drawn per crop:
+
+- ``random``: a uniformly random subset;
+- ``clustered``: the top of a random smooth field over the grid (blobs of several sizes);
+- ``blocky``: whole square blocks of 2-6 tokens, in random order;
+- any training-free method of ``vtsel.methods`` (``uniform``, ``spread``, ``norm``,
+  ``divprune``, ``visionzip``, ``hiprune``): its own choice at that budget.
+
+``projection`` (the top of the tokens' projection on a random direction: content-dependent,
+irregular, like a learned selection) is kept out of training on purpose: the judge's sanity
+gate checks on it that the judge does not favour the families it saw.
 """
 
 from __future__ import annotations
 
-import torch
+import inspect
+import math
+from collections.abc import Mapping
 
+import torch
+import torch.nn.functional as F
+
+from vtsel.methods import METHODS
 from vtsel.models.selector import tokens_for_ratio
+
+FIELD_FAMILIES = ("random", "clustered", "blocky", "projection")
+METHOD_FAMILIES = ("uniform", "spread", "norm", "divprune", "visionzip", "hiprune")
+HELD_OUT_FAMILY = "projection"  # never trained on: the gate's test of favouritism
 
 
 def check_keep_range(keep_range: tuple[float, float]) -> tuple[float, float]:
     """``(low, high)`` as floats, refusing a range outside (0, 1] or upside down."""
     low, high = float(keep_range[0]), float(keep_range[1])
     if not 0.0 < low <= high <= 1.0:
-        raise ValueError(f"random_keep_range needs 0 < low <= high <= 1, got {list(keep_range)}")
+        raise ValueError(f"keep_range needs 0 < low <= high <= 1, got {list(keep_range)}")
     return low, high
 
 
@@ -34,24 +55,143 @@ def random_keep_counts(
     return torch.tensor([tokens_for_ratio(num_tokens, float(r)) for r in ratios])
 
 
-def random_keep_masks(
-    batch: int,
-    num_tokens: int,
-    keep_range: tuple[float, float],
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """A 0/1 keep mask (B, L): row i keeps a uniformly random subset of k_i tokens.
+def top_counts_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """0/1 mask (B, L) keeping the ``counts[i]`` highest scores of row i of (B, L)."""
+    ranks = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # (B, L) 0 = highest
+    return (ranks < counts.to(scores.device)[:, None]).to(torch.float32)
 
-    Each row's budget comes from ``random_keep_counts``, so the masks cover the whole range of
-    budgets an evaluation asks about. Numbers come from ``generator`` on the CPU (the global
-    generator if None), so a seeded call gives the same masks on any device.
+
+def check_families(families: Mapping[str, float], held_out_allowed: bool = False) -> None:
+    """Refuse unknown families, negative weights, an empty mixture and (unless allowed) the
+    held-out family."""
+    known = (*FIELD_FAMILIES, *METHOD_FAMILIES)
+    unknown = [name for name in families if name not in known]
+    if unknown:
+        raise ValueError(f"unknown mask families {unknown}; known: {', '.join(known)}")
+    if any(weight < 0 for weight in families.values()) or sum(families.values()) <= 0:
+        raise ValueError(f"mask family weights must be >= 0 and not all 0, got {dict(families)}")
+    if not held_out_allowed and families.get(HELD_OUT_FAMILY, 0) > 0:
+        raise ValueError(
+            f"mask family {HELD_OUT_FAMILY!r} is held out: the judge's sanity gate checks on it "
+            f"that the judge does not favour the families it trained on"
+        )
+
+
+def family_masks(
+    family: str,
+    counts: torch.Tensor,
+    grid: tuple[int, int],
+    generator: torch.Generator | None = None,
+    feats: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens.
+
+    Field families draw from ``generator`` (CPU); method families run the method on the raw
+    features (B, L, C) and, for attention-ranked ones, the attention (B, L).
     """
-    counts = random_keep_counts(batch, num_tokens, keep_range, generator)  # (B,)
-    random_scores = torch.rand(batch, num_tokens, generator=generator)  # (B, L)
-    ranks = random_scores.argsort(dim=-1).argsort(dim=-1)  # (B, L) 0 = lowest score
-    keep = ranks >= num_tokens - counts[:, None]  # the k_i highest scores of row i
-    return keep.float().to(device)
+    batch, num_tokens = counts.numel(), grid[0] * grid[1]
+    if family == "random":
+        return top_counts_mask(torch.rand(batch, num_tokens, generator=generator), counts)
+    if family == "clustered":
+        return top_counts_mask(_smooth_fields(batch, grid, generator), counts)
+    if family == "blocky":
+        return top_counts_mask(_block_fields(batch, grid, generator), counts)
+    if feats is None:
+        raise ValueError(f"mask family {family!r} needs the crops' features")
+    if family == "projection":
+        direction = F.normalize(torch.randn(batch, feats.shape[-1], generator=generator), dim=-1)
+        unit = F.normalize(feats.detach().float().cpu(), dim=-1)  # (B, L, C)
+        return top_counts_mask(torch.einsum("blc,bc->bl", unit, direction), counts)
+    return _method_masks(family, counts, grid, feats, attention)
+
+
+def mixture_masks(
+    families: Mapping[str, float],
+    counts: torch.Tensor,
+    grid: tuple[int, int],
+    generator: torch.Generator | None = None,
+    feats: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Keep masks (B, L): each crop's family drawn with the given weights, its budget
+    ``counts[i]``."""
+    names = [name for name, weight in families.items() if weight > 0]
+    weights = torch.tensor([float(families[name]) for name in names])
+    picks = torch.multinomial(weights, counts.numel(), replacement=True, generator=generator)
+    masks = torch.zeros(counts.numel(), grid[0] * grid[1])
+    for index, name in enumerate(names):
+        rows = (picks == index).nonzero().squeeze(-1)
+        if rows.numel():
+            masks[rows] = family_masks(
+                name, counts[rows], grid, generator,
+                None if feats is None else feats[rows.to(feats.device)],
+                None if attention is None else attention[rows.to(attention.device)],
+            )
+    return masks
+
+
+def _method_masks(
+    family: str,
+    counts: torch.Tensor,
+    grid: tuple[int, int],
+    feats: torch.Tensor,
+    attention: torch.Tensor | None,
+) -> torch.Tensor:
+    """What the training-free method ``family`` keeps of each crop at its budget."""
+    method_class = METHODS[family]
+    if method_class.needs_attention and attention is None:
+        raise ValueError(
+            f"mask family {family!r} ranks tokens by encoder attention, and these shards "
+            f"store none: extract with attention (attn.npy) or leave the family out"
+        )
+    offered = {"grid": grid, "seed": 0}
+    accepted = inspect.signature(method_class).parameters
+    method = method_class(**{k: v for k, v in offered.items() if k in accepted})
+    masks = torch.zeros(counts.numel(), grid[0] * grid[1])
+    for keep in counts.unique().tolist():
+        rows = (counts == keep).nonzero().squeeze(-1)
+        device_rows = rows.to(feats.device)
+        kept_idx = method.select(
+            feats[device_rows], int(keep), None if attention is None else attention[device_rows]
+        )  # (b, keep)
+        masks[rows] = torch.zeros(rows.numel(), masks.shape[1]).scatter_(1, kept_idx.cpu(), 1.0)
+    return masks
+
+
+def _smooth_fields(
+    batch: int, grid: tuple[int, int], generator: torch.Generator | None
+) -> torch.Tensor:
+    """Gaussian-blurred white noise (B, L), blur width drawn per crop from 0.6 to 3.6 tokens."""
+    height, width = grid
+    fields = torch.empty(batch, height * width)
+    sigmas = 0.6 + 3.0 * torch.rand(batch, generator=generator)
+    noise = torch.randn(batch, 1, height, width, generator=generator)
+    for i, sigma in enumerate(sigmas.tolist()):
+        radius = math.ceil(3 * sigma)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(taps**2) / (2 * sigma * sigma))
+        kernel = kernel / kernel.sum()
+        field = F.conv2d(F.pad(noise[i : i + 1], (radius,) * 4, mode="replicate"),
+                         kernel.view(1, 1, 1, -1))
+        field = F.conv2d(field, kernel.view(1, 1, -1, 1))  # (1, 1, H, W)
+        fields[i] = field.flatten()
+    return fields
+
+
+def _block_fields(
+    batch: int, grid: tuple[int, int], generator: torch.Generator | None
+) -> torch.Tensor:
+    """Scores (B, L) constant on square blocks of side 2-6 (drawn per crop), blocks in random
+    order, tokens in random order inside a block."""
+    height, width = grid
+    fields = torch.empty(batch, height * width)
+    sides = torch.randint(2, 7, (batch,), generator=generator)
+    for i, side in enumerate(sides.tolist()):
+        blocks = torch.rand(math.ceil(height / side), math.ceil(width / side), generator=generator)
+        field = blocks.repeat_interleave(side, 0).repeat_interleave(side, 1)[:height, :width]
+        fields[i] = field.flatten() + 1e-3 * torch.rand(height * width, generator=generator)
+    return fields
 
 
 def sampled_topk_mask(

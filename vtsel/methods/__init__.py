@@ -11,6 +11,7 @@ from vtsel.methods.hiprune import HiPruneStyle
 from vtsel.methods.norm import FeatureNormTopK
 from vtsel.methods.random import RandomSelection
 from vtsel.methods.registry import METHODS, build_method
+from vtsel.methods.spread import SpreadOrder
 from vtsel.methods.trained import TrainedSelector
 from vtsel.methods.uniform import UniformGrid
 from vtsel.methods.visionzip import VisionZipStyle
@@ -22,6 +23,7 @@ __all__ = [
     "HiPruneStyle",
     "RandomSelection",
     "SelectionMethod",
+    "SpreadOrder",
     "TrainedSelector",
     "UniformGrid",
     "VisionZipStyle",

@@ -13,6 +13,7 @@ from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
 from vtsel.methods.norm import FeatureNormTopK
 from vtsel.methods.random import RandomSelection
+from vtsel.methods.spread import SpreadOrder
 from vtsel.methods.trained import TrainedSelector
 from vtsel.methods.uniform import UniformGrid
 from vtsel.methods.visionzip import VisionZipStyle
@@ -22,6 +23,7 @@ METHODS: dict[str, type[SelectionMethod]] = {
     for method in (
         RandomSelection,
         UniformGrid,
+        SpreadOrder,
         FeatureNormTopK,
         DivPrune,
         VisionZipStyle,
