@@ -61,7 +61,7 @@ Runner = Callable[[], Any]
 def llava_selector() -> TokenSelector:
     """A TokenSelector at the LLaVA-NeXT preset's widths, with seeded random weights."""
     preset = yaml.safe_load(PRESET.read_text())
-    model, data = preset["model"], preset["data"]
+    model, data = preset["model"]["init_args"], preset["data"]
     torch.manual_seed(0)
     selector = FeatureSelector(
         feature_dim=data["feature_dim"],

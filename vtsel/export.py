@@ -63,6 +63,7 @@ def _selector_config(hparams: dict[str, Any], encoder: str | None) -> dict[str, 
         "depth": int(hparams["selector_depth"]),
         "num_heads": int(hparams["num_heads"]),
         "tau": float(hparams["tau"]),
+        "coverage": float(hparams["coverage"]),  # initial weight; the trained one is a tensor
         "estimator": hparams["estimator"],
         "normalisation": NORMALISATION,
         "encoder": encoder,

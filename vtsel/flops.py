@@ -128,9 +128,9 @@ class SelectorShape:
         return cls(
             feature_dim=int(config.data.feature_dim),
             grid_size=(int(config.data.grid_size[0]), int(config.data.grid_size[1])),
-            dim=int(config.model.dim),
-            depth=int(config.model.selector_depth),
-            num_heads=int(config.model.num_heads),
+            dim=int(config.model.init_args.dim),
+            depth=int(config.model.init_args.selector_depth),
+            num_heads=int(config.model.init_args.num_heads),
         )
 
     @classmethod

@@ -81,6 +81,7 @@ class TokenSelector(nn.Module):
             num_heads=config["num_heads"],
             tau=config["tau"],
             estimator=config["estimator"],
+            coverage=config["coverage"],
         )
         weights_path = config_path.with_name(WEIGHTS_FILE)
         try:
@@ -110,7 +111,7 @@ class TokenSelector(nn.Module):
         precision); the logits rank tokens, and ``> 0`` is the selector's own keep decision.
         """
         batched = self._as_batch(features)  # (B, L, C)
-        weight_dtype = self.selector.mask_embedding.dtype
+        weight_dtype = self.selector.head.weight.dtype
         keep_logits = self.selector.scores(batched.to(weight_dtype))  # (B, L)
         return keep_logits if features.dim() == 3 else keep_logits[0]
 

@@ -20,8 +20,20 @@ class LossTerms:
     image: torch.Tensor  # dist(I_rec, I)
     keep_ratio: torch.Tensor  # L_pr, eq. 7: the share of tokens the mask keeps
     regularizer: torch.Tensor  # the L_pr penalty actually added
-    random_mask_loss: torch.Tensor | None = None  # reconstruction from random masks, if trained
+    reconstructor_loss: torch.Tensor | None = None  # decoupled: R on drawn mask families
     topk_loss: torch.Tensor | None = None  # reconstruction from the selector's top-k, if trained
+
+
+def dropped_token_mse(
+    feats_rec: torch.Tensor,  # (B, L, C)
+    feats: torch.Tensor,  # (B, L, C) normalised target
+    keep: torch.Tensor,  # (B, L) 1 = kept
+) -> torch.Tensor:
+    """Mean squared error over the dropped tokens of each crop (B,): what a kept set leaves to
+    rebuild. A crop that drops nothing scores 0."""
+    token_error = (feats_rec.float() - feats.float()).pow(2).mean(dim=-1)  # (B, L)
+    dropped = 1.0 - keep.float()
+    return (token_error * dropped).sum(dim=-1) / dropped.sum(dim=-1).clamp(min=1.0)
 
 
 def band_penalty(

@@ -9,6 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def normalize_tokens(feats: torch.Tensor) -> torch.Tensor:
+    """Per-token standardisation (LayerNorm without affine) of raw encoder features (B, L, C).
+
+    Encoders such as CLIP carry a few channels hundreds of times larger than the rest, which
+    would otherwise dominate both the selector's input and the reconstruction loss; the
+    normalised tokens are what selector and reconstructors see and what reconstruction targets.
+    """
+    return F.layer_norm(feats, (feats.shape[-1],))
+
+
 def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding for an (H, W) token grid, shape (H*W, dim).
 
@@ -82,8 +92,12 @@ class TokenTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.apply(_init_weights)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, in_dim) -> (B, L, D); ``offset`` (B, L, D) is added to the projected tokens
+        with the positions (the reconstructor marks dropped tokens with it)."""
         x = self.in_proj(tokens) + self.pos  # (B, L, D)
+        if offset is not None:
+            x = x + offset
         for block in self.blocks:
             x = block(x)
         return self.norm(x)  # (B, L, D)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtsel.models.blocks import TokenTransformer
+from vtsel.models.blocks import TokenTransformer, normalize_tokens
+from vtsel.models.coverage import coverage_prior
 
 MaskEstimator = Literal["gumbel", "straight_through"]
 
@@ -19,18 +19,22 @@ MaskEstimator = Literal["gumbel", "straight_through"]
 class Selection:
     """What the selector hands the reconstructor."""
 
-    selected: torch.Tensor  # (B, L, C) kept tokens, dropped ones replaced by the mask embedding
     mask: torch.Tensor  # (B, L) 1 = keep, 0 = drop; carries the estimator's gradient in training
     keep_logits: torch.Tensor  # (B, L) keep-minus-drop logit, the ranking used at inference
 
 
 class FeatureSelector(nn.Module):
-    """Transformer over encoder tokens with a two-way (drop, keep) head.
+    """Transformer over encoder tokens with a two-way (drop, keep) head and a coverage prior.
 
-    Features are standardised per token (LayerNorm without affine) before anything else:
-    encoders such as CLIP carry a few channels with activations hundreds of times larger than the
-    rest, which would otherwise dominate both the selector's input and the reconstruction loss.
-    The same normalised features are the reconstruction target, so ``normalize`` is public.
+    Raw features are standardised per token first (``normalize``, ``blocks.normalize_tokens``).
+
+    The keep logit is the head's keep-minus-drop logit plus ``coverage`` times the grid's
+    coverage prior (``coverage.coverage_prior``: 0 for the first position of a farthest-point
+    order, ``-log(1 + rank)`` after). The head learns what content is worth keeping; the prior
+    spreads the first picks over the crop, which a score of content alone cannot do (see
+    README, "Choices"). ``coverage`` is fixed: learned, it grew until the prior alone ranked the
+    tokens (eq. 8's reconstruction term pushes every logit down early in training, and a larger
+    weight lowers all but the first). 0 turns the prior off.
 
     Args:
         feature_dim: Width C of the encoder's tokens.
@@ -40,13 +44,13 @@ class FeatureSelector(nn.Module):
         num_heads: Attention heads.
         tau: Gumbel-Softmax temperature. It does not change which mask is drawn (hard samples
             keep a token with probability sigmoid(keep logit) at any tau), only how the
-            gradient spreads over the logits: 2 gave the selector a clearer edge over random
-            selection than 1, and 0.3 let the keep ratio run to 1 (see README, "Choices").
+            gradient spreads over the logits.
         estimator: ``gumbel`` (paper) or ``straight_through`` (appendix B.1 ablation: softmax
             without Gumbel noise, hard argmax forward, soft gradient backward).
-        init_keep_ratio: Keep probability of every token at initialisation, set through the head's
-            bias; starting inside the band (q, p) means the regulariser is silent at step 0 and
-            the reconstruction loss alone decides which tokens matter.
+        init_keep_ratio: Share of tokens eq. 8's mask keeps at initialisation (prior included),
+            set through the head's bias; inside the band (q, p) the regulariser is silent at
+            step 0 and reconstruction alone decides which tokens matter.
+        coverage: Weight of the coverage prior in the keep logit.
     """
 
     def __init__(
@@ -59,29 +63,36 @@ class FeatureSelector(nn.Module):
         tau: float = 2.0,
         estimator: MaskEstimator = "gumbel",
         init_keep_ratio: float = 0.5,
+        coverage: float = 3.0,
     ) -> None:
         super().__init__()
         if not 0.0 < init_keep_ratio < 1.0:
             raise ValueError(f"init_keep_ratio must lie in (0, 1), got {init_keep_ratio}")
+        if coverage < 0:
+            raise ValueError(f"coverage must be >= 0, got {coverage}")
         self.feature_dim = feature_dim
-        self.grid_size = tuple(grid_size)
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.tau = tau
         self.estimator = estimator
         self.trunk = TokenTransformer(feature_dim, dim, depth, num_heads, self.grid_size)
+        self.coverage = float(coverage)
         self.head = nn.Linear(dim, 2)  # logits for (drop, keep)
         nn.init.trunc_normal_(self.head.weight, std=0.02)  # small: logits start near the bias
-        keep_bias = math.log(init_keep_ratio / (1 - init_keep_ratio))
+        prior = coverage_prior(self.grid_size)  # (L,) on the CPU, also for a model on meta
+        keep_bias = _bias_for_keep_ratio(init_keep_ratio, self.coverage * prior)
+        self.register_buffer("prior", prior.to(self.head.weight.device), persistent=False)
         with torch.no_grad():
             self.head.bias.copy_(torch.tensor([0.0, keep_bias]))
-        self.mask_embedding = nn.Parameter(torch.zeros(feature_dim))  # E_masked, shared by all
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         """Per-token standardisation of raw encoder features (B, L, C) -> (B, L, C)."""
-        return F.layer_norm(feats, (self.feature_dim,))
+        return normalize_tokens(feats)
 
     def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
-        """(drop, keep) logits for normalised features: (B, L, C) -> (B, L, 2)."""
-        return self.head(self.trunk(normed))
+        """(drop, keep) logits for normalised features: (B, L, C) -> (B, L, 2), prior included."""
+        logits = self.head(self.trunk(normed))  # (B, L, 2)
+        prior = (self.coverage * self.prior).to(logits.dtype)  # (L,)
+        return logits + torch.stack([torch.zeros_like(prior), prior], dim=-1)
 
     def scores(self, feats: torch.Tensor) -> torch.Tensor:
         """Keep-minus-drop logit per token of raw features: (B, L, C) -> (B, L). Higher = keep."""
@@ -96,22 +107,25 @@ class FeatureSelector(nn.Module):
         hard = F.one_hot(soft.argmax(dim=-1), 2).to(soft.dtype)
         return (hard - soft.detach() + soft)[..., 1]
 
-    def apply_mask(self, normed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Replace dropped tokens by the shared mask embedding: (B, L, C), (B, L) -> (B, L, C)."""
-        keep = mask.unsqueeze(-1).to(normed.dtype)
-        return keep * normed + (1 - keep) * self.mask_embedding.to(normed.dtype)
-
-    def forward(self, normed: torch.Tensor, mask: torch.Tensor | None = None) -> Selection:
-        """Select from normalised features (B, L, C).
-
-        Without ``mask`` the mask is drawn by the estimator (training) or is ``keep_logit > 0``
-        (eval). A given ``mask`` (B, L) (top-k, random, ...) is applied as it is.
-        """
+    def forward(self, normed: torch.Tensor) -> Selection:
+        """Select from normalised features (B, L, C): the estimator's mask in training,
+        ``keep_logit > 0`` in eval."""
         logits = self.head_logits(normed)  # (B, L, 2)
         keep_logits = logits[..., 1] - logits[..., 0]  # (B, L)
-        if mask is None:
-            mask = self.draw_mask(logits) if self.training else (keep_logits > 0).to(normed.dtype)
-        return Selection(self.apply_mask(normed, mask), mask, keep_logits)
+        mask = self.draw_mask(logits) if self.training else (keep_logits > 0).to(normed.dtype)
+        return Selection(mask, keep_logits)
+
+
+def _bias_for_keep_ratio(keep_ratio: float, prior: torch.Tensor) -> float:
+    """The keep bias b with mean(sigmoid(b + prior)) = keep_ratio over the L positions."""
+    low, high = -100.0, 100.0
+    for _ in range(100):  # bisection: the mean is increasing in b
+        middle = (low + high) / 2
+        if torch.sigmoid(middle + prior.double()).mean().item() < keep_ratio:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
