@@ -27,10 +27,11 @@ from vtsel.data.format import (
 )
 from vtsel.evaluation import PAPER_KEEP_RATIOS, evaluate
 from vtsel.evaluation.metrics import METRIC_BY_NAME
+from vtsel.evaluation.runner import JudgeGateError
 
 JUDGE_TWIN = Path(__file__).parent / "conf" / "judge" / "demo.yaml"
 NUM_HELD_OUT = 10
-SCORED = ["random", "uniform", "norm", "divprune", "selector"]  # no attention in these shards
+SCORED = ["random", "uniform", "spread", "norm", "divprune", "selector"]  # shards lack attention
 BUDGETS = sorted({*PAPER_KEEP_RATIOS, 0.25})
 
 
@@ -52,7 +53,9 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_eval(held_out: Path, judge: Path, out: Path, exported: Exported, **kwargs) -> object:
-    kwargs = {"keep": [0.25], "device": "cpu", **kwargs}
+    """The evaluation's plumbing: a judge fitted for seconds on random features fails its
+    gate (``test_a_judge_that_fails_its_gate_gives_no_table``), so it is let through here."""
+    kwargs = {"keep": [0.25], "device": "cpu", "allow_failed_judge": True, **kwargs}
     return evaluate(str(held_out), judge, out, selector=exported.directory, **kwargs)
 
 
@@ -102,8 +105,8 @@ def test_markdown_tables_bold_the_best_of_each_column(report_dir: Path) -> None:
     assert "visionzip: skipped" in report and "hiprune: skipped" in report
     tables = re.findall(r"### (.+?), (higher|lower) is better\n\n(.+?)(?:\n\n|\Z)", report, re.S)
     titles = [title for title, _, _ in tables]
-    assert titles == [METRIC_BY_NAME[m].title for m in ("feat_mse", "feat_cos", "image_psnr",
-                                                        "image_ssim")]  # no regions: no text
+    metrics = ("dropped_mse", "feat_mse", "feat_cos", "image_psnr", "image_ssim")  # no text
+    assert titles == [METRIC_BY_NAME[m].title for m in metrics]
     for title, direction, body in tables:
         metric = next(m for m in METRIC_BY_NAME.values() if m.title == title)
         header, _, *rows = body.strip().splitlines()
@@ -188,7 +191,7 @@ def test_attention_methods_are_scored_when_the_shards_carry_attention(
 ) -> None:
     shards = write_attention_shards(tmp_path / "attention", 5)
     report = evaluate(str(shards), judge, tmp_path / "out", methods=["visionzip", "hiprune"],
-                      keep=[0.5], paper_budgets=False, device="cpu")
+                      keep=[0.5], paper_budgets=False, device="cpu", allow_failed_judge=True)
     assert report.methods == ["visionzip", "hiprune"] and report.notes == []
     assert report.value("visionzip", 0.5, "feat_mse") > 0
     assert [row["samples"] for row in report.summary] == [5, 5]
@@ -200,15 +203,29 @@ def test_the_cli_writes_the_report_and_prints_where(
     main([
         "eval", "--shards", str(held_out), "--judge", str(judge), "--out", str(tmp_path / "cli"),
         "--methods", "random,norm", "--keep", "0.3, 0.6", "--paper_budgets", "false",
-        "--device", "cpu", "--tensorboard", "false",
+        "--device", "cpu", "--tensorboard", "false", "--allow_failed_judge", "true",
     ])
     results = read_csv(tmp_path / "cli" / "results.csv")
     assert [(r["method"], r["keep_ratio"]) for r in results] == [
         ("random", "0.3"), ("random", "0.6"), ("norm", "0.3"), ("norm", "0.6")
     ]
     printed = capsys.readouterr().out
-    assert "### Feature MSE" in printed and str(tmp_path / "cli" / "results.csv") in printed
+    assert "### Dropped-token MSE" in printed and str(tmp_path / "cli" / "results.csv") in printed
+    assert "judge sanity gate FAILED" in printed
     assert not (tmp_path / "cli" / "tensorboard").exists()
+
+
+def test_a_judge_that_fails_its_gate_gives_no_table(
+    held_out: Path, judge: Path, report_dir: Path, tmp_path: Path
+) -> None:
+    """Fitted for two epochs on uncorrelated random tokens, the judge cannot beat interpolation:
+    the evaluation stops with the gate's figures, and writes nothing to quote."""
+    out = tmp_path / "gated"
+    with pytest.raises(JudgeGateError, match=r"fails its sanity gate(.|\n)*ratio (.|\n)*advantage"):
+        evaluate(str(held_out), judge, out, methods=["random"], device="cpu")
+    assert not (out / "results.csv").exists()
+    report = (report_dir / "report.md").read_text()  # let through: said in bold, up front
+    assert "**The judge FAILED its sanity gate" in report.split("###")[0]
 
 
 def test_unknown_methods_and_a_selector_without_export_are_refused(

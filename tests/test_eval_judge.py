@@ -1,8 +1,7 @@
-"""The judge: a real fit of the judge presets' twins that never consults a selector.
+"""The judge: a real fit of the judge presets' twins, on drawn mask families only.
 
-Hooks on the selector's trunk and head count every call during the fit; a pre-hook on the
-feature reconstructor reads each training mask back from its input (dropped tokens are the
-mask embedding), so the test sees the keep ratios the reconstructors actually trained on.
+A pre-hook on the feature reconstructor reads every training mask it is given, so the test sees
+the keep ratios and the shapes of the masks the judge actually trained on.
 """
 
 from __future__ import annotations
@@ -18,50 +17,48 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import Exported, MakeShards
 from tests.test_cli import fit
 from vtsel.evaluation import Judge
-from vtsel.masking import random_keep_masks
+from vtsel.judge_module import JudgeModule
+from vtsel.masking import (
+    HELD_OUT_FAMILY,
+    check_families,
+    family_masks,
+    mixture_masks,
+    random_keep_counts,
+)
 from vtsel.models.selector import tokens_for_ratio
 
 JUDGE_TWINS = sorted(Path(__file__).parent.joinpath("conf", "judge").glob("*.yaml"))
 DEMO_JUDGE = Path(__file__).parent / "conf" / "judge" / "demo.yaml"
-KEEP_RANGE = (0.05, 0.6)  # the twins' random_keep_range
+KEEP_RANGE = (0.05, 0.6)  # the twins' keep_range
 NUM_TOKENS = 16  # the test shards' 4x4 grid
 
 
-class SelectorWatch(L.Callback):
-    """Counts calls into the selector's trunk and head and records each training mask's keep
-    ratio, then writes both to ``record`` (JSON): the CLI builds this callback in its own
-    import of this module, so the test reads the file, not the object."""
+class MaskWatch(L.Callback):
+    """Records each training mask the feature reconstructor gets, then writes them to
+    ``record`` (JSON): the CLI builds this callback in its own import of this module, so the
+    test reads the file, not the object."""
 
     def __init__(self, record: str) -> None:
         self.record = Path(record)
-        self.calls: list[str] = []
-        self.train_keep_ratios: list[float] = []
+        self.train_masks: list[list[float]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name in ("trunk", "head"):
-            getattr(pl_module.selector, name).register_forward_hook(
-                lambda *_, name=name: self.calls.append(name)
-            )
-
-        def record_mask(module: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        def record_mask(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             if pl_module.training:
-                embedding = pl_module.selector.mask_embedding  # (C,)
-                kept = (inputs[0] != embedding).any(dim=-1)  # (B, L)
-                self.train_keep_ratios += kept.float().mean(dim=-1).tolist()
+                self.train_masks += inputs[1].tolist()  # (B, L) keep mask
 
         pl_module.feature_reconstructor.register_forward_pre_hook(record_mask)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        watched = {"calls": self.calls, "train_keep_ratios": self.train_keep_ratios}
-        self.record.write_text(json.dumps(watched))
+        self.record.write_text(json.dumps({"train_masks": self.train_masks}))
 
 
 def fit_watched(config: Path, shards: Path, tmp_path: Path, *extra: str) -> tuple[Path, dict]:
-    """``vtsel fit`` with a ``SelectorWatch``; the run folder and what the watch saw."""
+    """``vtsel fit`` with a ``MaskWatch``; the run folder and what the watch saw."""
     record = tmp_path / "watch.json"
     run = fit(
         config, shards, tmp_path / "runs", *extra,
-        "--trainer.callbacks+=tests.test_eval_judge.SelectorWatch",
+        "--trainer.callbacks+=tests.test_eval_judge.MaskWatch",
         "--trainer.callbacks.record", str(record),
     )
     return run, json.loads(record.read_text())
@@ -74,61 +71,100 @@ def shards(tmp_path: Path, make_shards: MakeShards) -> Path:
     return tmp_path / "shards"
 
 
-def test_demo_judge_trains_on_random_masks_across_the_range_and_never_runs_the_selector(
+def test_demo_judge_trains_on_masks_across_the_range_and_logs_dropped_token_error(
     shards: Path, tmp_path: Path
 ) -> None:
     run, watched = fit_watched(DEMO_JUDGE, shards, tmp_path)
-    assert watched["calls"] == []
-    ratios = watched["train_keep_ratios"]
-    assert len(ratios) == 2 * 24  # every training crop of both epochs
+    masks = torch.tensor(watched["train_masks"])  # (2 epochs x 24 crops, L)
+    assert masks.shape == (2 * 24, NUM_TOKENS)
+    ratios = masks.mean(dim=-1)
     low, high = (tokens_for_ratio(NUM_TOKENS, r) / NUM_TOKENS for r in KEEP_RANGE)
-    assert all(low <= r <= high for r in ratios)
-    assert min(ratios) <= 0.15 and max(ratios) >= 0.5, ratios  # the range is covered
-    assert len(set(ratios)) >= 5
+    assert ((ratios >= low) & (ratios <= high)).all()
+    assert ratios.min() <= 0.15 and ratios.max() >= 0.5, ratios  # the range is covered
+    assert len(set(ratios.tolist())) >= 5
 
     (event_file,) = run.glob("events.out.tfevents.*")
     events = EventAccumulator(str(event_file))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"val/loss", "val/feat_mse/random@25", "train/feature_loss"} <= tags
-    assert not any("selector" in tag for tag in tags)
-    assert all(e.value == 0.0 for e in events.Scalars("train/regularizer"))
+    assert {"val/loss", "val/dropped_mse/random@25", "train/dropped_mse"} <= tags
+    assert not any("selector" in tag or "keep_ratio" in tag for tag in tags)
 
     judge = Judge.from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert judge.keep_range == KEEP_RANGE
     assert judge.contract.encoder == "test-encoder" and judge.contract.grid == (4, 4)
+    assert HELD_OUT_FAMILY not in judge.families and max(judge.families.values()) == 2
     assert not any(p.requires_grad for p in judge.parameters())
 
 
 @pytest.mark.parametrize("config", JUDGE_TWINS, ids=[c.stem for c in JUDGE_TWINS])
-def test_every_judge_twin_fits_without_its_selector(
-    config: Path, shards: Path, tmp_path: Path
-) -> None:
+def test_every_judge_twin_fits(config: Path, shards: Path, tmp_path: Path) -> None:
     _, watched = fit_watched(config, shards, tmp_path, "--trainer.max_steps", "2")
-    assert watched["calls"] == []
-    assert len(watched["train_keep_ratios"]) == 2 * 4
+    assert len(watched["train_masks"]) == 2 * 4
 
 
-def test_a_selector_checkpoint_is_refused_as_judge(exported: Exported) -> None:
-    with pytest.raises(ValueError, match=r"masking: selector.*favours that selector"):
+def test_a_selector_fit_is_refused_as_judge(exported: Exported) -> None:
+    with pytest.raises(ValueError, match=r"is a selector fit, not a judge.*favour"):
         Judge.from_checkpoint(exported.checkpoint)
 
 
-def test_random_keep_masks_draw_each_row_a_budget_in_the_range() -> None:
+def test_the_held_out_family_and_unknown_families_are_refused() -> None:
+    with pytest.raises(ValueError, match=f"{HELD_OUT_FAMILY!r} is held out"):
+        JudgeModule(feature_dim=32, grid_size=(4, 4), image_size=32, dim=32, num_heads=2,
+                    mask_families={"random": 1, HELD_OUT_FAMILY: 1})
+    with pytest.raises(ValueError, match=r"unknown mask families \['fancy'\]"):
+        check_families({"fancy": 1.0})
+    with pytest.raises(ValueError, match="not all 0"):
+        check_families({"random": 0.0})
+
+
+def test_each_family_keeps_exactly_the_budget_and_families_differ() -> None:
     generator = torch.Generator().manual_seed(0)
-    masks = random_keep_masks(400, 50, (0.1, 0.5), generator)  # (B, L)
-    counts = masks.sum(dim=-1)
-    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    counts = torch.tensor([1, 5, 12, 30, 64])
+    feats = torch.randn(5, 64, 16)
+    masks = {
+        family: family_masks(family, counts, (8, 8), generator, feats)
+        for family in ("random", "clustered", "blocky", "projection", "uniform", "spread",
+                       "norm", "divprune")
+    }
+    for family, mask in masks.items():
+        assert torch.equal(mask.sum(dim=-1), counts.float()), family
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}, family
+    # clustered and blocky masks are spatially coherent: far more kept neighbours than random
+    def kept_neighbour_pairs(mask: torch.Tensor) -> float:
+        grid = mask.view(-1, 8, 8)
+        return float((grid[:, :, 1:] * grid[:, :, :-1]).sum() + (grid[:, 1:] * grid[:, :-1]).sum())
+
+    random_pairs = kept_neighbour_pairs(masks["random"][2:4])
+    assert kept_neighbour_pairs(masks["clustered"][2:4]) > random_pairs
+    assert kept_neighbour_pairs(masks["blocky"][2:4]) > random_pairs
+
+
+def test_attention_families_need_attention() -> None:
+    with pytest.raises(ValueError, match="'visionzip' ranks tokens by encoder attention"):
+        family_masks("visionzip", torch.tensor([4]), (4, 4), None, torch.randn(1, 16, 8))
+
+
+def test_a_mixture_draws_families_by_weight() -> None:
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.full((600,), 8)
+    masks = mixture_masks({"uniform": 1.0, "random": 2.0}, counts, (4, 4), generator,
+                          torch.randn(600, 16, 8))
+    uniform = family_masks("uniform", torch.tensor([8]), (4, 4), None, torch.randn(1, 16, 8))
+    share = (masks == uniform).all(dim=-1).float().mean().item()  # random: 1 in 12870
+    assert 0.25 < share < 0.42  # a third of the crops
+
+
+def test_random_keep_counts_cover_the_range_and_repeat_with_the_seed() -> None:
+    counts = random_keep_counts(400, 50, (0.1, 0.5), torch.Generator().manual_seed(0))
     assert counts.min() == 5 and counts.max() == 25  # both ends of the range are drawn
-    again = random_keep_masks(400, 50, (0.1, 0.5), torch.Generator().manual_seed(0))
-    assert torch.equal(masks, again)
-    assert not torch.equal(masks[0], masks[1])
+    again = random_keep_counts(400, 50, (0.1, 0.5), torch.Generator().manual_seed(0))
+    assert torch.equal(counts, again)
 
 
 @pytest.mark.parametrize("keep_range", [(0.0, 0.5), (0.6, 0.5), (0.2, 1.5)])
 def test_a_keep_range_outside_the_unit_interval_is_refused(
     keep_range: tuple[float, float],
 ) -> None:
-    with pytest.raises(ValueError, match="random_keep_range"):
-        random_keep_masks(2, 16, keep_range)
-
+    with pytest.raises(ValueError, match="keep_range"):
+        random_keep_counts(2, 16, keep_range)

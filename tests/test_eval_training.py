@@ -1,5 +1,5 @@
 """Training a selector that an independent judge scores well: the decoupled reconstructors
-learn from random masks only, and the top-k term trains the ranking at every budget."""
+learn from drawn masks only, and the top-k term trains the ranking at every budget."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ KEEP_RANGE = (0.05, 0.6)
 def tiny_module(masking: str, topk_weight: float = 0.0) -> SelectorModule:
     return SelectorModule(
         feature_dim=32, grid_size=(4, 4), image_size=32, dim=32, num_heads=2, image_channels=16,
-        masking=masking, random_keep_range=KEEP_RANGE, topk_weight=topk_weight,
+        masking=masking, keep_range=KEEP_RANGE, topk_weight=topk_weight,
     )
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    return {"feats": torch.randn(4, 16, 32), "image": torch.rand(4, 3, 32, 32)}
 
 
 def reconstructor_grads(module: SelectorModule) -> list[torch.Tensor]:
@@ -27,15 +31,15 @@ def test_decoupled_reconstructors_learn_from_random_masks_only_and_the_selector_
 ) -> None:
     torch.manual_seed(0)
     module = tiny_module("decoupled")
-    normed = module.selector.normalize(torch.randn(4, 16, 32))  # (B, L, C)
-    image = torch.rand(4, 3, 32, 32)
-    terms, keep_logits = module._objective(normed, image, torch.Generator().manual_seed(1))
-    assert keep_logits is not None and terms.random_mask_loss is not None
+    batch = tiny_batch()
+    normed = module.normalize(batch["feats"])  # (B, L, C)
+    terms, keep_logits = module._objective(batch, normed, torch.Generator().manual_seed(1))
+    assert keep_logits is not None and terms.reconstructor_loss is not None
     terms.total.backward()
     assert module.selector.head.weight.grad.abs().sum() > 0  # the selector learns
     from_everything = reconstructor_grads(module)
     module.zero_grad()
-    module._random_mask_terms(normed, image, torch.Generator().manual_seed(1)).total.backward()
+    module._reconstructor_loss(batch, normed, torch.Generator().manual_seed(1)).backward()
     from_random_masks = reconstructor_grads(module)
     for full, random_only in zip(from_everything, from_random_masks, strict=True):
         torch.testing.assert_close(full, random_only)
@@ -45,9 +49,9 @@ def test_decoupled_reconstructors_learn_from_random_masks_only_and_the_selector_
 def test_joint_training_lets_the_selector_masks_train_the_reconstructors() -> None:
     torch.manual_seed(0)
     module = tiny_module("selector")
-    normed = module.selector.normalize(torch.randn(4, 16, 32))
-    terms, _ = module._objective(normed, torch.rand(4, 3, 32, 32))
-    assert terms.random_mask_loss is None
+    batch = tiny_batch()
+    terms, _ = module._objective(batch, module.normalize(batch["feats"]))
+    assert terms.reconstructor_loss is None
     terms.total.backward()
     assert module.feature_reconstructor.out.weight.grad.abs().sum() > 0
 
@@ -70,11 +74,11 @@ def test_a_topk_term_trains_the_ranking_without_moving_the_keep_share() -> None:
 def test_the_topk_term_joins_the_training_loss_only() -> None:
     torch.manual_seed(0)
     module = tiny_module("selector", topk_weight=0.5)
-    normed = module.selector.normalize(torch.randn(4, 16, 32))
-    image = torch.rand(4, 3, 32, 32)
-    terms, _ = module._objective(normed, image)
+    batch = tiny_batch()
+    normed = module.normalize(batch["feats"])
+    terms, _ = module._objective(batch, normed)
     assert terms.topk_loss is not None and terms.topk_loss > 0
     eq8 = terms.feature + terms.image + terms.regularizer
     torch.testing.assert_close(terms.total, eq8 + 0.5 * terms.topk_loss)
     module.eval()
-    assert module._objective(normed, image)[0].topk_loss is None  # validation: eq. 8 alone
+    assert module._objective(batch, normed)[0].topk_loss is None  # validation: eq. 8 alone

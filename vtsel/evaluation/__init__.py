@@ -1,14 +1,17 @@
 """``vtsel eval``: how much of what matters each selection method keeps, before any VLM runs.
 
-A judge (reconstructors trained on random masks only, ``conf/judge/*.yaml``) scores every
-method's kept tokens on held-out shards at the paper's budgets: feature MSE and cosine (eq. 1),
-image PSNR and SSIM, and the share of text-bearing tokens kept where text boxes are known.
+A judge (reconstructors trained on drawn mask families, never on a trained selector's masks,
+``conf/judge/*.yaml``) first passes a sanity gate on the held-out shards, then scores every
+method's kept tokens at the paper's budgets: the error on the dropped tokens (eq. 1; kept ones
+pass through), feature MSE and cosine over all tokens, image PSNR and SSIM, and the share of
+text-bearing tokens kept where text boxes are known.
 """
 
+from vtsel.evaluation.gate import GateReport, check_judge
 from vtsel.evaluation.judge import FeatureContract, Judge
 from vtsel.evaluation.lineup import BASELINES
 from vtsel.evaluation.report import Budget
-from vtsel.evaluation.runner import PAPER_KEEP_RATIOS, EvalReport, evaluate
+from vtsel.evaluation.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
 
 __all__ = [
     "BASELINES",
@@ -16,6 +19,9 @@ __all__ = [
     "Budget",
     "EvalReport",
     "FeatureContract",
+    "GateReport",
     "Judge",
+    "JudgeGateError",
+    "check_judge",
     "evaluate",
 ]

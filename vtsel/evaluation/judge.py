@@ -1,9 +1,9 @@
-"""The judge: a frozen reconstructor trained on random masks, which scores any kept set (eq. 1).
+"""The judge: frozen reconstructors trained on drawn mask families, which score any kept set.
 
-The paper compares two token subsets by how well a reconstructor R rebuilds every token from
-each. Validation during training uses the selector's own R, which learned that selector's habits;
-the judge is a ``SelectorModule`` fitted with ``masking: random`` (``conf/judge/*.yaml``), so no
-selection method had a hand in training it.
+The paper compares two token subsets by how well a reconstructor R rebuilds the dropped tokens
+from each (eq. 1). Validation during training uses the selector's own R, which learned through
+that selector; the judge is a ``JudgeModule`` fit (``conf/judge/*.yaml``), so no trained
+selector had a hand in it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from vtsel.checkpoints import read_checkpoint
-from vtsel.module import SelectorModule
+from vtsel.judge_module import JudgeModule
+from vtsel.task import TASK_KEY
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,12 @@ class Judge(nn.Module):
     Build it with ``from_checkpoint``; move it with ``.to(device)``.
 
     Args:
-        module: A ``SelectorModule`` trained with ``masking: random``, weights loaded.
+        module: A trained ``JudgeModule``, weights loaded.
         contract: The features it was trained on.
         source: The checkpoint it came from, named in messages.
     """
 
-    def __init__(self, module: SelectorModule, contract: FeatureContract, source: Path) -> None:
+    def __init__(self, module: JudgeModule, contract: FeatureContract, source: Path) -> None:
         super().__init__()
         self.module = module.eval().requires_grad_(False)
         self.contract = contract
@@ -54,22 +55,22 @@ class Judge(nn.Module):
         """Load a judge checkpoint (``best-*.ckpt`` of ``vtsel stages --config conf/judge/...``).
 
         Raises:
-            ValueError: The checkpoint was trained with a selector's masks, so its reconstructor
-                favours that selector and cannot judge fairly.
+            ValueError: The checkpoint is a selector fit: its reconstructors learned through its
+                selector, which they would favour.
         """
         source = Path(path)
         checkpoint = read_checkpoint(source, role="judge checkpoint")
-        hparams = dict(checkpoint["hyper_parameters"])
-        if hparams.get("masking") != "random":
+        task = checkpoint.get(TASK_KEY, "selector")
+        if task != JudgeModule.task:
             raise ValueError(
-                f"{source} was trained with its selector's masks (masking: "
-                f"{hparams.get('masking', 'selector')}), so its reconstructor favours that "
-                f"selector. Train a judge on random masks: vtsel stages --config "
-                f"conf/judge/<preset>.yaml"
+                f"{source} is a {task} fit, not a judge: its reconstructors learned through its "
+                f"selector, so they would favour it. Train a judge on drawn masks alone: "
+                f"vtsel stages --config conf/judge/<preset>.yaml"
             )
+        hparams = dict(checkpoint["hyper_parameters"])
         # hyper_parameters also carries what LightningCLI adds (``_instantiator``)
-        accepted = inspect.signature(SelectorModule).parameters
-        module = SelectorModule(**{k: v for k, v in hparams.items() if k in accepted})
+        accepted = inspect.signature(JudgeModule).parameters
+        module = JudgeModule(**{k: v for k, v in hparams.items() if k in accepted})
         module.load_state_dict(checkpoint["state_dict"])
         encoder = checkpoint.get("datamodule_hyper_parameters", {}).get("encoder")
         grid = (int(hparams["grid_size"][0]), int(hparams["grid_size"][1]))
@@ -82,23 +83,30 @@ class Judge(nn.Module):
 
     @property
     def keep_range(self) -> tuple[float, float]:
-        """The keep ratios its random training masks were drawn from."""
-        low, high = self.module.hparams.random_keep_range
+        """The keep ratios its training masks were drawn from."""
+        low, high = self.module.hparams.keep_range
         return float(low), float(high)
+
+    @property
+    def families(self) -> dict[str, float]:
+        """The mask families it trained on, with their weights."""
+        return dict(self.module.mask_families)
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw tokens (B, L, C) -> the per-token-normalised tokens the judge rebuilds."""
-        return self.module.selector.normalize(feats)
+        return self.module.normalize(feats)
 
     @torch.no_grad()
     def reconstruct(
-        self, normed: torch.Tensor, keep_mask: torch.Tensor
+        self, normed: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, L, C) and image (B, 3, S, S) rebuilt from the tokens ``keep_mask`` keeps.
+        """Tokens (B, L, C), kept ones unchanged, and image (B, 3, S, S) from a keep mask (B, L)."""
+        return self.module.reconstruct(normed, keep)
 
-        Args:
-            normed: Normalised tokens (B, L, C).
-            keep_mask: (B, L), 1 = kept; dropped tokens become the judge's learned embedding.
-        """
-        selected = self.module.selector.apply_mask(normed, keep_mask)  # (B, L, C)
-        return self.module.reconstruct(selected)
+    @torch.no_grad()
+    def interpolate(self, normed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The training-free reference (the gate's): dropped tokens (B, L, C) as the
+        inverse-square-distance mean of the kept ones, kept ones unchanged."""
+        interpolated = self.module.feature_reconstructor.interpolate(normed, keep, power=2.0)
+        kept = keep.unsqueeze(-1).to(normed.dtype)  # (B, L, 1)
+        return kept * normed + (1 - kept) * interpolated

@@ -18,7 +18,7 @@ from vtsel.evaluation.judge import FeatureContract
 from vtsel.inference import TokenSelector
 from vtsel.methods import METHODS, SelectionMethod, TrainedSelector
 
-BASELINES = ("random", "uniform", "norm", "divprune", "visionzip", "hiprune")
+BASELINES = ("random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune")
 
 
 def method_names(methods: Sequence[str] | None, selector: str | Path | None) -> list[str]:

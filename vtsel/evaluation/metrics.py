@@ -1,8 +1,9 @@
 """What an evaluation measures per crop, and how each measure reads (direction, format).
 
 Features are compared after the per-token normalisation the selector trains on
-(``FeatureSelector.normalize``), over all L tokens as in eq. 1: kept tokens count too, so a
-method is not rewarded for keeping tokens the judge then garbles. Images are compared in [0, 1].
+(``blocks.normalize_tokens``). The judge passes kept tokens through unchanged, so the headline
+measure is the error on the dropped tokens alone (what the kept set failed to carry); the error
+over all L tokens is reported beside it. Images are compared in [0, 1].
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+
+from vtsel.objective import dropped_token_mse
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class Metric:
 
 
 METRICS = (
-    Metric("feat_mse", "Feature MSE (normalised tokens, all L)", False, 4),
+    Metric("dropped_mse", "Dropped-token MSE (normalised tokens; kept pass through)", False, 4),
+    Metric("feat_mse", "Feature MSE over all L tokens", False, 4),
     Metric("feat_cos", "Feature cosine similarity", True, 4),
     Metric("image_psnr", "Image PSNR (dB)", True, 2),
     Metric("image_ssim", "Image SSIM", True, 4),
@@ -55,12 +59,15 @@ def reconstruction_scores(
     feats: torch.Tensor,  # (B, L, C) normalised target
     image_rec: torch.Tensor,  # (B, 3, S, S)
     image: torch.Tensor,  # (B, 3, S, S) in [0, 1]
+    keep: torch.Tensor,  # (B, L) 1 = kept
 ) -> dict[str, torch.Tensor]:
-    """Per-crop scores (B,) of a reconstruction: feature MSE and cosine, image PSNR and SSIM."""
+    """Per-crop scores (B,) of a reconstruction: dropped-token and all-token MSE, cosine,
+    image PSNR and SSIM."""
     feats_rec, feats = feats_rec.float(), feats.float()
     image_rec = image_rec.float().clamp(0, 1)
     image = image.float()
     return {
+        "dropped_mse": dropped_token_mse(feats_rec, feats, keep),
         "feat_mse": (feats_rec - feats).pow(2).mean(dim=(1, 2)),
         "feat_cos": F.cosine_similarity(feats_rec, feats, dim=-1).mean(dim=-1),
         "image_psnr": peak_signal_noise_ratio(

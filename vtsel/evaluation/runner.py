@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vtsel.evaluation.gate import GateReport, check_judge
 from vtsel.evaluation.judge import Judge
 from vtsel.evaluation.lineup import Lineup, build_lineup, method_names
 from vtsel.evaluation.metrics import reconstruction_scores
@@ -40,6 +41,10 @@ PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2
 SETTINGS_FILE = "eval.json"
 
 
+class JudgeGateError(ValueError):
+    """The judge failed its sanity gate on the shards to evaluate: its table would mislead."""
+
+
 @dataclass
 class EvalReport:
     """What ``evaluate`` measured and where it wrote it.
@@ -50,13 +55,15 @@ class EvalReport:
         methods: The methods scored, in table order.
         budgets: The budgets, ascending.
         notes: Methods skipped and other caveats, also written into ``report.md``.
+        gate: The judge's sanity gate on these shards (``vtsel.evaluation.gate``).
         files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
     """
 
     summary: list[dict]
     methods: list[str]
     budgets: list[Budget]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
+    gate: GateReport
     files: dict[str, Path] = field(default_factory=dict)
 
     def value(self, method: str, keep_ratio: float, metric: str) -> float:
@@ -94,6 +101,7 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     tensorboard: bool = True,
+    allow_failed_judge: bool = False,
 ) -> EvalReport:
     """Score selection methods on held-out shards with an independent judge; write the report.
 
@@ -105,7 +113,7 @@ def evaluate(
     Args:
         shards: Held-out feature shards (folder, glob, brace pattern; ``::`` joins several),
             from images the selector and the judge never trained on.
-        judge: A checkpoint of a fit with ``masking: random`` (``conf/judge/*.yaml``).
+        judge: A judge checkpoint (a ``JudgeModule`` fit, ``conf/judge/*.yaml``).
         out: Folder for the report files.
         selector: An exported selector folder (``vtsel export``); adds method ``selector``.
         methods: Method names (``vtsel.methods.METHODS``); default: every baseline, plus
@@ -119,6 +127,13 @@ def evaluate(
         batch_size: Crops per forward pass of the judge.
         seed: Seed of the random method (each crop's subset is fixed by seed and content).
         tensorboard: Also write the figures and scalars for TensorBoard.
+        allow_failed_judge: Score and report even when the judge fails its sanity gate
+            (``vtsel.evaluation.gate``), under a banner saying so; for debugging a judge, never
+            for numbers to quote.
+
+    Raises:
+        JudgeGateError: The judge failed its sanity gate on these shards (and
+            ``allow_failed_judge`` is False); the message gives the gate's figures.
     """
     names = method_names(methods, selector)
     compute_device = torch.device(
@@ -132,6 +147,12 @@ def evaluate(
         names, grid, the_judge.contract, held_out.has_attention, selector, compute_device, seed
     )
     text_regions = TextRegions(regions, text_min_cover) if regions is not None else None
+    gate = check_judge(the_judge, (batch.feats for batch in held_out.batches(batch_size)), seed)
+    if not gate.passed and not allow_failed_judge:
+        raise JudgeGateError(
+            f"the judge {judge} fails its sanity gate on {shards}, so its table would not mean "
+            f"anything:\n" + "\n".join(gate.lines())
+        )
     notes = lineup.notes + _range_notes(budgets, the_judge.keep_range)
     settings = {
         "shards": shards,
@@ -158,7 +179,7 @@ def evaluate(
     finally:
         log.close()
     summary = summarize(iter_samples(log.path), list(lineup.methods), budgets)
-    report = EvalReport(summary, list(lineup.methods), budgets, notes)
+    report = EvalReport(summary, list(lineup.methods), budgets, notes, gate)
     _write_files(out_dir, report, settings, tensorboard)
     return report
 
@@ -187,7 +208,7 @@ def _score_batch(
             kept_idx = method.select(feats, budget.tokens, attention)  # (B, k)
             keep_mask = torch.zeros(feats.shape[:2], device=device).scatter_(1, kept_idx, 1.0)
             feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
-            scores = reconstruction_scores(feats_rec, normed, image_rec, images)
+            scores = reconstruction_scores(feats_rec, normed, image_rec, images, keep_mask)
             scores["text_recall"] = text_recall(keep_mask, text_tokens)
             for i, (key, sample) in enumerate(zip(batch.keys, batch.samples, strict=True)):
                 rows.append(
@@ -258,7 +279,8 @@ def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard:
     )
     write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
     tables = markdown_tables(report.summary, report.methods, report.budgets)
-    report.files["report"].write_text(_header(report.summary, settings, report.notes) + tables)
+    header = _header(report.summary, settings, report.notes, report.gate)
+    report.files["report"].write_text(header + tables)
     figure = plot_metrics(report.summary, report.methods)
     figure.savefig(report.files["plot"], dpi=120)
     if tensorboard:
@@ -266,15 +288,21 @@ def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard:
         write_tensorboard(report.summary, figure, report.files["tensorboard"])
 
 
-def _header(summary: list[dict], settings: dict, notes: list[str]) -> str:
+def _header(summary: list[dict], settings: dict, notes: list[str], gate: GateReport) -> str:
     num_crops = max((row["samples"] for row in summary), default=0)
     text_crops = max((row["text_samples"] for row in summary), default=0)
+    banner = [] if gate.passed else [
+        "**The judge FAILED its sanity gate: these numbers do not rank the methods.**", ""
+    ]
     lines = [
         "# Token selection scored by an independent judge",
         "",
+        *banner,
         f"- held-out shards `{settings['shards']}`: {num_crops} crops"
         + (f", {text_crops} with text regions" if settings["regions"] else ""),
-        f"- judge `{settings['judge']}`: reconstructors trained on random masks only",
+        f"- judge `{settings['judge']}`: reconstructors trained on drawn mask families only "
+        "(never a trained selector's)",
+        *gate.lines(),
         *([f"- selector `{settings['selector']}`"] if settings["selector"] else []),
         "- budgets are tokens kept per crop; each value is the mean over crops (text recall: "
         f"over crops with text; a token is text when text covers >= "
