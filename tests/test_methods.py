@@ -14,6 +14,7 @@ from vtsel.methods import (
     HiPruneStyle,
     RandomSelection,
     SelectionMethod,
+    SpreadOrder,
     UniformGrid,
     VisionZipStyle,
     build_method,
@@ -28,6 +29,7 @@ def all_methods() -> list[SelectionMethod]:
     return [
         RandomSelection(seed=0),
         UniformGrid(GRID),
+        SpreadOrder(GRID),
         FeatureNormTopK(),
         DivPrune(),
         VisionZipStyle(),
@@ -114,6 +116,17 @@ def test_uniform_keeps_a_spread_lattice_on_every_crop() -> None:
     rows, cols = kept_idx[0] // GRID[1], kept_idx[0] % GRID[1]
     grid_dist = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
     assert grid_dist[~torch.eye(4, dtype=torch.bool)].min() >= 2  # no two kept tokens touch
+
+
+def test_spread_is_nested_and_covers_the_grid_at_every_budget() -> None:
+    spread = SpreadOrder((6, 6))
+    kept = {keep: spread(torch.randn(3, 36, 8), keep) for keep in range(1, 37)}
+    assert all((kept[keep] == kept[keep][:1]).all() for keep in kept)  # content-free
+    for keep in range(1, 36):
+        assert set(kept[keep][0].tolist()) <= set(kept[keep + 1][0].tolist())  # nested
+    rows, cols = kept[4][0] // 6, kept[4][0] % 6
+    gaps = ((rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2).float()
+    assert gaps[~torch.eye(4, dtype=torch.bool)].sqrt().min() >= 3  # 4 tokens, far apart
 
 
 def test_uniform_fills_up_to_the_exact_budget() -> None:
