@@ -161,6 +161,20 @@ def test_a_rerun_gives_the_same_numbers_and_a_killed_run_resumes(
     assert len(rows) == len(SCORED) * len(BUDGETS) * NUM_HELD_OUT
 
 
+def test_without_image_metrics_the_token_scores_are_the_same_and_image_tables_go(
+    held_out: Path, judge: Path, exported: Exported, report_dir: Path, tmp_path: Path
+) -> None:
+    run_eval(held_out, judge, tmp_path / "features", exported, image_metrics=False)
+    features_only, full = read_csv(tmp_path / "features" / "results.csv"), read_csv(
+        report_dir / "results.csv"
+    )
+    for metric in ("dropped_mse", "feat_mse", "feat_cos", "text_recall"):
+        assert [r[metric] for r in features_only] == [r[metric] for r in full]
+    assert all(r["image_psnr"] == r["image_ssim"] == "" for r in features_only)  # none
+    report = (tmp_path / "features" / "report.md").read_text()
+    assert "Dropped-token MSE" in report and "PSNR" not in report and "SSIM" not in report
+
+
 def test_an_out_folder_of_another_evaluation_is_refused(
     held_out: Path, judge: Path, exported: Exported, report_dir: Path, tmp_path: Path
 ) -> None:

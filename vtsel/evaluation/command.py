@@ -23,6 +23,7 @@ def eval_command(
     seed: int = 0,
     tensorboard: bool = True,
     allow_failed_judge: bool = False,
+    image_metrics: bool = True,
 ) -> None:
     """Score token-selection methods on held-out shards with an independent judge.
 
@@ -55,6 +56,8 @@ def eval_command(
         tensorboard: Also write a TensorBoard run (scalars per method, the plot).
         allow_failed_judge: Print the table even if the judge fails its sanity gate, under a
             banner saying so (to debug a judge; such numbers are not to be quoted).
+        image_metrics: Also rebuild the image and score PSNR and SSIM (false: features only,
+            about half the time on a CPU).
     """
     report = evaluate(
         shards,
@@ -71,6 +74,7 @@ def eval_command(
         seed=seed,
         tensorboard=tensorboard,
         allow_failed_judge=allow_failed_judge,
+        image_metrics=image_metrics,
     )
     console = Console()
     console.print(report.files["report"].read_text(), markup=False, highlight=False, soft_wrap=True)

@@ -104,6 +104,11 @@ class Judge(nn.Module):
         return self.module.reconstruct(normed, keep)
 
     @torch.no_grad()
+    def reconstruct_features(self, normed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L, C) alone, kept ones unchanged: half the cost, no image."""
+        return self.module.feature_reconstructor(normed, keep)
+
+    @torch.no_grad()
     def interpolate(self, normed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The training-free reference (the gate's): dropped tokens (B, L, C) as the
         inverse-square-distance mean of the kept ones, kept ones unchanged."""

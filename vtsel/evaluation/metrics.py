@@ -57,19 +57,24 @@ METRIC_BY_NAME = {metric.name: metric for metric in METRICS}
 def reconstruction_scores(
     feats_rec: torch.Tensor,  # (B, L, C)
     feats: torch.Tensor,  # (B, L, C) normalised target
-    image_rec: torch.Tensor,  # (B, 3, S, S)
-    image: torch.Tensor,  # (B, 3, S, S) in [0, 1]
     keep: torch.Tensor,  # (B, L) 1 = kept
+    image_rec: torch.Tensor | None = None,  # (B, 3, S, S)
+    image: torch.Tensor | None = None,  # (B, 3, S, S) in [0, 1]
 ) -> dict[str, torch.Tensor]:
-    """Per-crop scores (B,) of a reconstruction: dropped-token and all-token MSE, cosine,
-    image PSNR and SSIM."""
+    """Per-crop scores (B,) of a reconstruction: dropped-token and all-token MSE, cosine, and
+    image PSNR and SSIM (NaN without images: the report leaves those tables out)."""
     feats_rec, feats = feats_rec.float(), feats.float()
-    image_rec = image_rec.float().clamp(0, 1)
-    image = image.float()
-    return {
+    scores = {
         "dropped_mse": dropped_token_mse(feats_rec, feats, keep),
         "feat_mse": (feats_rec - feats).pow(2).mean(dim=(1, 2)),
         "feat_cos": F.cosine_similarity(feats_rec, feats, dim=-1).mean(dim=-1),
+    }
+    if image_rec is None or image is None:
+        missing = torch.full_like(scores["feat_mse"], float("nan"))
+        return {**scores, "image_psnr": missing, "image_ssim": missing}
+    image_rec, image = image_rec.float().clamp(0, 1), image.float()
+    return {
+        **scores,
         "image_psnr": peak_signal_noise_ratio(
             image_rec, image, data_range=1.0, reduction="none", dim=(1, 2, 3)
         ),

@@ -102,6 +102,7 @@ def evaluate(
     seed: int = 0,
     tensorboard: bool = True,
     allow_failed_judge: bool = False,
+    image_metrics: bool = True,
 ) -> EvalReport:
     """Score selection methods on held-out shards with an independent judge; write the report.
 
@@ -130,6 +131,8 @@ def evaluate(
         allow_failed_judge: Score and report even when the judge fails its sanity gate
             (``vtsel.evaluation.gate``), under a banner saying so; for debugging a judge, never
             for numbers to quote.
+        image_metrics: Also rebuild the image and score PSNR and SSIM; off, only the
+            feature reconstructor runs (about half the time on a CPU).
 
     Raises:
         JudgeGateError: The judge failed its sanity gate on these shards (and
@@ -165,6 +168,7 @@ def evaluate(
         "seed": seed,
         "regions": None if regions is None else str(regions),
         "text_min_cover": text_min_cover,
+        "image_metrics": image_metrics,
     }
     out_dir = Path(out)
     done_keys = _resume(out_dir, settings, len(lineup.methods) * len(budgets))
@@ -174,7 +178,8 @@ def evaluate(
             task = progress.add_task("evaluating", total=held_out.num_samples)
             progress.advance(task, len(done_keys))
             for batch in held_out.batches(batch_size, skip=done_keys):
-                log.append(_score_batch(batch, the_judge, lineup, budgets, text_regions))
+                rows = _score_batch(batch, the_judge, lineup, budgets, text_regions, image_metrics)
+                log.append(rows)
                 progress.advance(task, len(batch.keys))
     finally:
         log.close()
@@ -190,6 +195,7 @@ def _score_batch(
     lineup: Lineup,
     budgets: list[Budget],
     text_regions: TextRegions | None,
+    image_metrics: bool,
 ) -> list[dict]:
     """Rows of ``samples.csv`` for every method x budget x crop of one batch."""
     device = judge.module.device
@@ -207,8 +213,12 @@ def _score_batch(
         for budget in budgets:
             kept_idx = method.select(feats, budget.tokens, attention)  # (B, k)
             keep_mask = torch.zeros(feats.shape[:2], device=device).scatter_(1, kept_idx, 1.0)
-            feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
-            scores = reconstruction_scores(feats_rec, normed, image_rec, images, keep_mask)
+            if image_metrics:
+                feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
+                scores = reconstruction_scores(feats_rec, normed, keep_mask, image_rec, images)
+            else:
+                feats_rec = judge.reconstruct_features(normed, keep_mask)
+                scores = reconstruction_scores(feats_rec, normed, keep_mask)
             scores["text_recall"] = text_recall(keep_mask, text_tokens)
             for i, (key, sample) in enumerate(zip(batch.keys, batch.samples, strict=True)):
                 rows.append(
