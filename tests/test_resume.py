@@ -53,6 +53,19 @@ def wait_for_step_checkpoint(process: subprocess.Popen, ckpts: Path, step: int) 
     raise TimeoutError(f"no checkpoint of step >= {step} in {ckpts} after 180 s")
 
 
+def wait_for_epoch_in_last(process: subprocess.Popen, last: Path, epoch: int) -> dict[str, Any]:
+    """Block until ``last`` holds the state at the end of epoch ``epoch`` (0-based) or later."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the fit ended before it could be killed"
+        if last.is_file():
+            saved = torch.load(last, weights_only=True, map_location="cpu")
+            if saved["epoch"] >= epoch:
+                return saved
+        time.sleep(0.5)
+    raise TimeoutError(f"{last} never reached epoch {epoch} in 300 s")
+
+
 def assert_same_optimizer_state(loaded: dict[str, Any], saved: dict[str, Any]) -> None:
     assert loaded["param_groups"] == saved["param_groups"]
     assert loaded["state"].keys() == saved["state"].keys()
@@ -113,3 +126,42 @@ def test_sigkilled_fit_resumes_step_optimizer_and_schedule(
     assert start["lr_scheduler"] == saved_schedule
     assert start["lr_scheduler"]["last_epoch"] == saved["global_step"]
     assert int((probe / "end_step.txt").read_text()) == target
+
+
+def test_last_ckpt_follows_every_epoch_when_the_monitored_metric_never_improves(
+    tmp_path: Path, make_shards: MakeShards
+) -> None:
+    """With lr 0 the monitored gain never improves after epoch 0, so ModelCheckpoint's own
+    ``save_last`` would leave ``last.ckpt`` at epoch 0; the preset's latest-state callback
+    must keep it at the newest finished epoch, and a resume must start there."""
+    make_shards(tmp_path / "shards" / "train", num_samples=16, seed=0)  # 4 batches per epoch
+    make_shards(tmp_path / "shards" / "val", num_samples=4, seed=1)
+    runs = tmp_path / "runs"
+    command = fit_command(
+        tmp_path / "shards", runs, "--trainer.max_epochs", "1000", "--model.lr", "0.0"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # atomic rename next to the checkpoints
+    (run,) = [runs / "demo" / "version_0"]
+    with subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL) as killed:
+        try:
+            wait_for_epoch_in_last(killed, run / "checkpoints" / "last.ckpt", epoch=3)
+        finally:
+            killed.send_signal(signal.SIGKILL)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    best = sorted(path.name for path in (run / "checkpoints").glob("best-*.ckpt"))
+    assert best == ["best-epoch000.ckpt"]  # the metric never improved after epoch 0
+    assert saved["epoch"] >= 3 and saved["global_step"] == 4 * (saved["epoch"] + 1)
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    subprocess.run(
+        [
+            *command,
+            "--ckpt_path", "last",
+            "--trainer.max_steps", str(saved["global_step"] + 1),
+            add_callback("tests.test_resume.ResumeProbe", out_dir=str(probe)),
+        ],
+        cwd=REPO, env=env, check=True, timeout=300, stderr=subprocess.DEVNULL,
+    )
+    start = torch.load(probe / "start.pt", weights_only=True)
+    assert start["global_step"] == saved["global_step"]  # the last finished epoch, not epoch 0

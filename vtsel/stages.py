@@ -112,7 +112,10 @@ def best_checkpoint(run: StageRun) -> Path:
     """
     record = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)
     for key, callback_state in record.get("callbacks", {}).items():
-        if not key.startswith("ModelCheckpoint") or not callback_state.get("best_model_path"):
+        ranked = callback_state.get("monitor") is not None  # not the latest-state saver
+        if not key.startswith("ModelCheckpoint") or not ranked:
+            continue
+        if not callback_state.get("best_model_path"):
             continue
         best = run.last_checkpoint.with_name(Path(callback_state["best_model_path"]).name)
         if best.is_file():
