@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -167,6 +168,31 @@ def test_another_config_is_refused_unless_overwrite(
     assert read_manifest(out / "manifest.json").target_size == 64
     assert_each_once(out, {"img-00", "img-01", "img-02"})
     assert {s.image.size for _, s in read_split(out, "train")} == {(64, 64)}
+
+
+@pytest.mark.parametrize("where", ["the input folder", "inside it", "around it"])
+def test_an_out_overlapping_the_inputs_is_refused_and_nothing_is_deleted(
+    image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path, where: str
+) -> None:
+    images = tmp_path / "photos" / "set"
+    write_photos(images / "train", 2)  # a subfolder named like a split: overwrite cleared it
+    out = {"the input folder": images, "inside it": images / "shards", "around it": tmp_path}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=rf"--out {re.escape(str(out))} overlaps the input"):
+        _run(images, out, encoder, overwrite=True)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_overwrite_removes_only_what_an_extraction_wrote(
+    image_dir: Path, encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    _run(image_dir, out, encoder)
+    notes = out / "train" / "my-notes.txt"  # a user's file among the shards
+    notes.write_text("keep me")
+    _run(image_dir, out, encoder, target_size=64, overwrite=True)
+    assert notes.read_text() == "keep me"
+    assert_each_once(out, {p.stem for p in image_dir.glob("*.png")})
 
 
 def test_shards_without_a_manifest_are_not_resumed(

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vtsel.data.format import SIZES_FILE
 from vtsel.data.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from vtsel.extract.crops import CropPlan
 from vtsel.extract.encoders import VisionEncoder
@@ -110,12 +111,38 @@ def check_output(out: Path, manifest: Manifest, overwrite: bool) -> bool:
     return True
 
 
+def check_out_apart_from_inputs(out: Path, input_folders: set[Path]) -> None:
+    """Refuse an ``out`` that is, holds or lies inside a folder the images come from: the
+    shards would land among the inputs, and ``--overwrite`` would clear them."""
+    resolved = out.resolve()
+    for folder in sorted(input_folders):
+        source = folder.resolve()
+        if resolved == source or source in resolved.parents or resolved in source.parents:
+            raise ValueError(
+                f"--out {out} overlaps the input folder {folder} (it is, holds or lies inside "
+                f"it): write the shards to a folder apart from the images"
+            )
+
+
 def prepare_output(out: Path, manifest: Manifest, overwrite: bool) -> None:
-    """Clear ``out`` if overwriting, then write the manifest (once, before any unit)."""
+    """Clear what an earlier extraction wrote into ``out`` if overwriting (its tars,
+    ``sizes.json``, work-unit records, manifest and summary; nothing else), then write the
+    manifest (once, before any unit)."""
     if overwrite:
-        for name in (*SPLITS, LEDGER_DIR, PARTIAL_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for split in SPLITS:
+            for written in [*(out / split).glob("shard-*.tar"), out / split / SIZES_FILE]:
+                written.unlink(missing_ok=True)
+            _remove_if_empty(out / split)
+        for record in (out / LEDGER_DIR).glob("unit-*.json"):
+            record.unlink()
+        _remove_if_empty(out / LEDGER_DIR)
+        shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)  # vtsel's own scratch folder
         for name in (MANIFEST_FILE, SUMMARY_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / MANIFEST_FILE, manifest)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

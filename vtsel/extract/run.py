@@ -19,8 +19,8 @@ from vtsel.extract.crops import CenterCrop, CropPlan
 from vtsel.extract.decode import MAX_IMAGE_PIXELS
 from vtsel.extract.encoders import OpenClipEncoder, VisionEncoder
 from vtsel.extract.engine import EncoderModule, ExtractionData, ExtractionPlan
-from vtsel.extract.inputs import list_sources
-from vtsel.extract.manifest import build_manifest, check_output
+from vtsel.extract.inputs import Source, list_sources
+from vtsel.extract.manifest import build_manifest, check_out_apart_from_inputs, check_output
 from vtsel.extract.progress import ImageProgress
 from vtsel.extract.units import keys_fingerprint, plan_units
 from vtsel.extract.writer import ExtractionSummary, UnitShardWriter
@@ -110,6 +110,7 @@ def extract(
         target_size=target_size, val_fraction=val_fraction, split_seed=split_seed,
         unit_size=unit_size, max_image_pixels=max_image_pixels, precision=precision,
     )
+    check_out_apart_from_inputs(out_dir, _input_folders(images, listing.sources))
     check_output(out_dir, manifest, overwrite)  # refuse a mismatch before any process starts
     units = plan_units(listing.sources, unit_size, val_fraction, split_seed)
     plan = ExtractionPlan(
@@ -142,6 +143,12 @@ def extract(
             return_predictions=False,
         )
     return writer.summary
+
+
+def _input_folders(images: str, sources: list[Source]) -> set[Path]:
+    """The folders the images come from: the folder given, and each source file's own."""
+    folders = {Path(source.path).parent for source in sources}
+    return folders | ({Path(images)} if Path(images).is_dir() else set())
 
 
 def _placement(
