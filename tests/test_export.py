@@ -12,7 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import Exported
+from tests.conftest import Exported, write_feature_shards
+from tests.test_cli import fit
+from tests.test_eval import JUDGE_TWIN
 from vtsel.cli import main
 from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
 from vtsel.methods import TrainedSelector, build_method
@@ -165,3 +167,32 @@ def test_the_trained_selector_as_a_selection_method_keeps_what_select_keeps(
     assert isinstance(method, TrainedSelector)
     kept = method(features, 4)  # (B, 4)
     assert torch.equal(kept, token_selector.select(features, k=4).indices)
+
+
+def test_an_out_folder_of_other_files_is_refused_unless_asked(
+    exported: Exported, tmp_path: Path
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text('{"model_type": "bert"}')  # someone else's config.json
+    args = ["export", "--checkpoint", str(exported.checkpoint), "--out", str(out)]
+    with pytest.raises(ValueError, match=r"mine is not empty and holds no vtsel export"):
+        main(args)
+    assert json.loads((out / CONFIG_FILE).read_text()) == {"model_type": "bert"}  # untouched
+    main([*args, "--overwrite", "true"])
+    assert json.loads((out / CONFIG_FILE).read_text())["format"] == "vtsel-selector"
+    main(args)  # an earlier export is replaced without asking
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="a-file is a file"):
+        main(["export", "--checkpoint", str(exported.checkpoint),
+              "--out", str(tmp_path / "a-file")])
+
+
+def test_a_judge_checkpoint_is_not_exported_as_a_selector(tmp_path: Path) -> None:
+    write_feature_shards(tmp_path / "shards" / "train", num_samples=8, seed=0)
+    write_feature_shards(tmp_path / "shards" / "val", num_samples=4, seed=1)
+    run = fit(JUDGE_TWIN, tmp_path / "shards", tmp_path / "runs", "--trainer.max_steps", "1")
+    with pytest.raises(ValueError, match="is a judge checkpoint, not a selector's"):
+        main(["export", "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
+              "--out", str(tmp_path / "selector")])
+    assert not (tmp_path / "selector").exists()

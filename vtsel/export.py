@@ -12,11 +12,14 @@ from safetensors.torch import save_file
 from vtsel import __version__
 from vtsel.checkpoints import read_checkpoint
 from vtsel.inference import CONFIG_FILE, EXPORT_FORMAT, NORMALISATION, WEIGHTS_FILE
+from vtsel.task import TASK_KEY
 
 SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
 
 
-def export(checkpoint: str, out: str, encoder: str | None = None) -> None:
+def export(
+    checkpoint: str, out: str, encoder: str | None = None, overwrite: bool = False
+) -> None:
     """Write a trained selector to ``<out>/model.safetensors`` and ``<out>/config.json``.
 
     Only the selector is written: the reconstructors exist to train it and play no part in
@@ -26,19 +29,47 @@ def export(checkpoint: str, out: str, encoder: str | None = None) -> None:
 
     Args:
         checkpoint: A vtsel checkpoint, e.g. a fit's ``best-*.ckpt`` or ``last.ckpt``.
-        out: Output folder, created if missing; an earlier export there is replaced.
+        out: Output folder, created if missing; an earlier export there is replaced, any other
+            non-empty folder is refused unless ``overwrite``.
         encoder: Encoder name to record when the checkpoint carries none (a fit with
             ``--data.encoder`` stores it, and then a different name here is refused).
+        overwrite: Write into a non-empty ``out`` that holds no vtsel export (its
+            ``config.json`` and ``model.safetensors`` are replaced, nothing else).
     """
     source = Path(checkpoint)
+    out_dir = Path(out)
+    _check_out(out_dir, overwrite)
     trained = read_checkpoint(source, role="checkpoint to export")
+    written_by = trained.get(TASK_KEY, "selector")  # checkpoints before the key: selectors
+    if written_by != "selector":
+        raise ValueError(
+            f"{source} is a {written_by} checkpoint, not a selector's: it has no trained "
+            f"selector to export (export a fit of conf/<preset>.yaml, not conf/judge/)"
+        )
     config = _selector_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
     weights = _selector_weights(trained["state_dict"], source)
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     print(f"exported the selector of {source} to {out_dir}")
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder that is not an earlier export (unless asked)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file: give a folder for the export")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()) or overwrite:
+        return
+    try:
+        earlier = json.loads((out_dir / CONFIG_FILE).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if earlier != EXPORT_FORMAT:
+        raise ValueError(
+            f"--out {out_dir} is not empty and holds no vtsel export ({CONFIG_FILE} missing or "
+            f"not {EXPORT_FORMAT!r}): choose another folder, or pass --overwrite true to write "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE} into it"
+        )
 
 
 def _encoder(trained: dict[str, Any], requested: str | None, source: Path) -> str | None:
