@@ -158,6 +158,17 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(
     assert resumed["global_step"] == 2 * first["global_step"]  # one more epoch, not two
 
 
+def test_ckpt_path_under_other_model_settings_is_refused_naming_them(
+    shards: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run = fit(TWINS[0], shards, runs, "--trainer.max_steps", "1")
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(ValueError, match=r"dim: 32 in the checkpoint, 64 here.*init_from"):
+        fit(TWINS[0], shards, runs, "--model.dim", "64", "--ckpt_path", "last")
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing trained
+
+
 def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no last\.ckpt under"):
         fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", "last")

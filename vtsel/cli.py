@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 import warnings
@@ -13,7 +14,7 @@ from typing import Any
 from jsonargparse import CLI, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from vtsel.checkpoints import newest_last_checkpoint
+from vtsel.checkpoints import newest_last_checkpoint, read_checkpoint
 from vtsel.data import FeatureShardDataModule
 from vtsel.task import ReconstructionTask
 
@@ -106,9 +107,15 @@ class VtselCLI(LightningCLI):
 
 
     def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last`` resumes the newest run, logging on into its folder."""
-        if self.subcommand != "fit" or self.config.fit.get("ckpt_path") != "last":
+        """``fit --ckpt_path last`` resumes the newest run, logging on into its folder; a
+        resumed checkpoint must have been trained with this config's model settings."""
+        if self.subcommand != "fit" or self.config.fit.get("ckpt_path") is None:
             return
+        if self.config.fit.ckpt_path == "last":
+            self._resolve_last()
+        check_resumed_settings(Path(self.config.fit.ckpt_path), self.config.fit.model)
+
+    def _resolve_last(self) -> None:
         logger_args = getattr(self.config.fit.trainer.logger, "init_args", None)
         if logger_args is None or "save_dir" not in logger_args:
             raise ValueError("--ckpt_path last needs a TensorBoardLogger to find the run; "
@@ -123,6 +130,37 @@ class VtselCLI(LightningCLI):
         self.config.fit.ckpt_path = str(last)
         if last.parent.parent.parent == log_dir:  # a run folder: keep logging into it
             logger_args.version = last.parent.parent.name
+
+
+def check_resumed_settings(checkpoint: Path, model: Any) -> None:
+    """Refuse to resume ``checkpoint`` under other model settings than it was trained with.
+
+    LightningCLI rebuilds the model from the checkpoint's hyperparameters, so a differing
+    ``--model.*`` would be ignored without a word (a fit of another width would go on training
+    the old one).
+    """
+    trained = read_checkpoint(checkpoint, role="checkpoint given to --ckpt_path")
+    recorded = trained.get("hyper_parameters", {})
+    wanted = model.init_args if getattr(model, "init_args", None) is not None else model
+    differing = [
+        f"{key}: {_plain(recorded[key])} in the checkpoint, {_plain(value)} here"
+        for key, value in sorted(dict(wanted).items())
+        if key in recorded and key != "init_from" and _plain(recorded[key]) != _plain(value)
+    ]
+    if differing:
+        raise ValueError(
+            f"{checkpoint} was trained with other model settings than this fit's, and resuming "
+            f"would silently keep the checkpoint's: {'; '.join(differing)}. Resume with the "
+            f"settings it was trained with, or start a new fit (--model.init_from takes its "
+            f"weights only)"
+        )
+
+
+def _plain(value: Any) -> str:
+    """A setting as comparable text: tuples and lists, namespaces and dicts alike."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    return json.dumps(value, sort_keys=True, default=str)  # tuples become lists
 
 
 class _ParseOnlyCLI(VtselCLI):
