@@ -84,6 +84,34 @@ def test_k_and_threshold_budgets(token_selector: TokenSelector, features: torch.
         token_selector.select(features, keep=0.25, k=4)
 
 
+def test_non_finite_features_and_malformed_budgets_are_refused(
+    token_selector: TokenSelector, features: torch.Tensor
+) -> None:
+    broken = features.clone()
+    broken[1, 3, 0] = float("nan")
+    broken[2, 0, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"crop\(s\) \[1, 2\] hold NaN or Inf"):
+        token_selector.select(broken, k=4)
+    with pytest.raises(ValueError, match="threshold=nan must be a finite number"):
+        token_selector.select(features, threshold=float("nan"))
+    for k in (True, 2.5):
+        with pytest.raises(ValueError, match=f"k={k!r} must be an int"):
+            token_selector.select(features, k=k)
+    with pytest.raises(ValueError, match=r"no crop \(B=0\)"):
+        token_selector.select(features[:0], k=4)
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        token_selector.select(features.numpy(), k=4)
+
+
+def test_a_config_edited_to_another_grid_is_refused(exported: Exported, tmp_path: Path) -> None:
+    copy = tmp_path / "selector"
+    shutil.copytree(exported.directory, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    (copy / CONFIG_FILE).write_text(json.dumps({**config, "grid_size": [2, 8]}))
+    with pytest.raises(ValueError, match=r"grid_size \[2, 8\].*exported for \[4, 4\]"):
+        TokenSelector.from_pretrained(copy)
+
+
 def test_per_image_spends_one_budget_over_all_crops(
     token_selector: TokenSelector, features: torch.Tensor
 ) -> None:

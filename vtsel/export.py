@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 
 from vtsel import __version__
 from vtsel.checkpoints import read_checkpoint
-from vtsel.inference import CONFIG_FILE, EXPORT_FORMAT, NORMALISATION, WEIGHTS_FILE
+from vtsel.inference import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    NORMALISATION,
+    WEIGHTS_FILE,
+    weights_metadata,
+)
 from vtsel.task import TASK_KEY
 
 SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
@@ -49,7 +55,7 @@ def export(
     config = _selector_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
     weights = _selector_weights(trained["state_dict"], source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
+    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata=weights_metadata(config))
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     print(f"exported the selector of {source} to {out_dir}")
 

@@ -7,11 +7,13 @@ Inference code (a VLM's serving stack) loads the folder ``vtsel export`` writes 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -84,6 +86,7 @@ class TokenSelector(nn.Module):
             coverage=config["coverage"],
         )
         weights_path = config_path.with_name(WEIGHTS_FILE)
+        _check_weights_metadata(weights_path, config, config_path)
         try:
             selector.load_state_dict(load_file(weights_path))  # strict: every key and shape
         except RuntimeError as err:
@@ -91,7 +94,13 @@ class TokenSelector(nn.Module):
         return cls(selector, config)
 
     def _as_batch(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) or (L, C) features as (B, L, C), after checking L and C fit the selector."""
+        """(B, L, C) or (L, C) features as (B, L, C), after checking they are a non-empty,
+        finite tensor whose L and C fit the selector."""
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(
+                f"features must be a torch.Tensor, got {type(features).__name__} "
+                f"(torch.from_numpy converts a numpy array)"
+            )
         height, width = self.selector.grid_size
         num_tokens, feature_dim = height * width, self.selector.feature_dim
         if features.dim() not in (2, 3) or features.shape[-2:] != (num_tokens, feature_dim):
@@ -101,7 +110,17 @@ class TokenSelector(nn.Module):
                 f"{height}x{width} grid of {feature_dim}-wide tokens from encoder "
                 f"{self.config.get('encoder')}"
             )
-        return features if features.dim() == 3 else features.unsqueeze(0)
+        batched = features if features.dim() == 3 else features.unsqueeze(0)
+        if batched.shape[0] == 0:
+            raise ValueError("features hold no crop (B=0): nothing to select from")
+        finite = torch.isfinite(batched).flatten(1).all(dim=1)  # (B,)
+        if not finite.all():
+            bad = finite.logical_not().nonzero().flatten().tolist()
+            raise ValueError(
+                f"features of crop(s) {bad[:10]} hold NaN or Inf: their scores would be NaN "
+                f"and the tokens kept arbitrary; fix or drop those crops"
+            )
+        return batched
 
     @torch.no_grad()
     def scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -152,6 +171,26 @@ class TokenSelector(nn.Module):
         return Selected(selected.indices[0], selected.features[0])
 
 
+def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """What ``model.safetensors`` records of the contract it was trained for. The grid shapes
+    no weight (positions and the coverage prior are computed), so it is written here and
+    checked against ``config.json`` at load."""
+    return {"format": EXPORT_FORMAT, "grid_size": json.dumps(list(config["grid_size"]))}
+
+
+def _check_weights_metadata(
+    weights_path: Path, config: dict[str, Any], config_path: Path
+) -> None:
+    """Refuse a ``config.json`` whose grid is not the one its weights were exported for."""
+    with safe_open(weights_path, framework="pt") as weights:
+        recorded = (weights.metadata() or {}).get("grid_size")
+    if recorded is not None and json.loads(recorded) != list(config["grid_size"]):
+        raise ValueError(
+            f"{config_path} says grid_size {list(config['grid_size'])}, but {weights_path} was "
+            f"exported for {json.loads(recorded)}: the config was edited or mixed up"
+        )
+
+
 def _keep_mask(
     keep_logits: torch.Tensor,
     keep: float | None,
@@ -164,6 +203,8 @@ def _keep_mask(
     if sum(value is not None for value in given.values()) != 1:
         raise ValueError(f"give exactly one of keep, k, threshold; got {given}")
     if threshold is not None:
+        if isinstance(threshold, bool) or not math.isfinite(threshold):
+            raise ValueError(f"threshold={threshold!r} must be a finite number")
         return keep_logits > threshold
     pool = keep_logits.reshape(1, -1) if per_image else keep_logits  # (1, B*L) or (B, L)
     budget = _budget(pool.shape[-1], keep, k)
@@ -173,9 +214,11 @@ def _keep_mask(
 def _budget(num_tokens: int, keep: float | None, k: int | None) -> int:
     """Tokens to keep out of ``num_tokens`` for a share ``keep`` or a count ``k``."""
     if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"k={k!r} must be an int, the number of tokens to keep")
         if not 1 <= k <= num_tokens:
             raise ValueError(f"k={k} must lie in [1, {num_tokens}], the tokens to choose from")
         return k
-    if not 0.0 < keep <= 1.0:
+    if isinstance(keep, bool) or not 0.0 < keep <= 1.0:
         raise ValueError(f"keep={keep} must lie in (0, 1]")
     return tokens_for_ratio(num_tokens, keep)
