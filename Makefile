@@ -41,7 +41,7 @@ demo: $(DEMO)/shards/train/sizes.json $(DEMO)/heldout/val/sizes.json
 	$(BIN)/vtsel stages --config conf/judge/demo.yaml
 	$(BIN)/vtsel eval --shards $(DEMO)/heldout/val --selector runs/demo/selector \
 	  --judge "$$(ls -t runs/demo/judge/checkpoints/best-*.ckpt | head -n 1)" \
-	  --regions $(DEMO)/images/heldout --keep 0.25 --out runs/demo/eval
+	  --regions $(DEMO)/images/heldout --image_metrics false --out runs/demo/eval
 	$(BIN)/vtsel visualize --selector runs/demo/selector --out runs/demo/figure1.png \
 	  --extraction conf/extract/demo_heldout.yaml \
 	  --image $(DEMO)/images/heldout/photo-mpl-grace_hopper-0.png
