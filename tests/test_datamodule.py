@@ -193,6 +193,28 @@ def test_corrupt_tars_and_samples_are_counted_and_skipped(
     assert all("/100)" in w for w in warnings)
 
 
+def test_a_sizes_json_claiming_more_than_a_tar_holds_stops_naming_the_tar(
+    tmp_path: Path, make_shards: MakeShards
+) -> None:
+    shards = make_shards(tmp_path / "train", num_samples=8)  # 2 tars of 4
+    sizes = json.loads((shards / SIZES_FILE).read_text())
+    (shards / SIZES_FILE).write_text(json.dumps({name: 50 * n for name, n in sizes.items()}))
+    with pytest.raises(ValueError, match=r"shard-00000[01]\.tar holds 4 samples, but sizes\.json"):
+        train_epoch(make_datamodule(shards))
+
+
+def test_max_corrupt_caps_an_epoch_that_passes_over_the_shards_several_times(
+    tmp_path: Path, make_shards: MakeShards
+) -> None:
+    shards = make_shards(tmp_path / "train", num_samples=4)
+    add_shard(shards, "shard-000009.tar", [{**encoded_sample(0), FEATS: b"garbage bytes"}])
+    # 20 good samples an epoch from 4 (+1 corrupt): five passes, the bad sample met five times
+    datamodule = make_datamodule(shards, train_num_samples=20, max_corrupt=1, shuffle_buffer=1)
+    with pytest.raises(RuntimeError, match="more than max_corrupt=1 corrupt samples"):
+        train_epoch(datamodule)
+    assert len(train_epoch(make_datamodule(shards, train_num_samples=20, max_corrupt=5))) == 5
+
+
 def test_too_much_corrupt_data_stops_the_run_naming_the_file(
     tmp_path: Path, make_shards: MakeShards
 ) -> None:

@@ -234,6 +234,7 @@ class FeatureShardDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             max_corrupt=self.max_corrupt,
             seed=self.seed,
+            shard_sizes=plan.shards.shard_sizes,
         )
         return self._loader(dataset, plan)
 

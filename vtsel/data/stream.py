@@ -21,6 +21,7 @@ import webdataset as wds
 from PIL import Image
 
 from vtsel.data.format import (
+    SIZES_FILE,
     CorruptSampleError,
     DecodedSample,
     FeatureContractError,
@@ -47,8 +48,9 @@ class CorruptionBudget:
     """Skips corrupt samples and unreadable tars, but stops a run whose data is rotten.
 
     One budget lives in each DataLoader worker (the pipeline is copied into every worker), and its
-    count restarts with each epoch: a long run must not die because the same few bad samples come
-    round again every epoch.
+    count restarts with each epoch (``epoch``), not with each pass over the shards an epoch may
+    make: a long run must not die because the same few bad samples come round again every
+    epoch, and within one epoch the cap is the cap.
     """
 
     def __init__(self, max_corrupt: int) -> None:
@@ -56,14 +58,19 @@ class CorruptionBudget:
         self.count = 0
         self.current_url = "?"  # the tar being read: WebDataset's errors do not reliably name it
         self.current_url_failed = False
+        self.failed_urls: set[str] = set()  # tars cut short: their sample counts are not checked
+
+    def epoch(self, source: Iterable[Sample]) -> Iterator[Sample]:
+        """Pipeline source: ``source`` once, the count reset first (one call per epoch)."""
+        self.count = 0
+        yield from source
 
     def track_shards(self, shards: Iterable[Sample]) -> Iterator[Sample]:
-        """Pipeline stage in front of the tar reader: one call per epoch, shards pass through.
+        """Pipeline stage in front of the tar reader: shards pass through.
 
         The tar reader asks for the next shard only after finishing the last, so the URL seen
         last here is the one a tar-reading error belongs to.
         """
-        self.count = 0
         for shard in shards:
             self.current_url, self.current_url_failed = shard["url"], False
             yield shard
@@ -76,6 +83,7 @@ class CorruptionBudget:
         """
         if not self.current_url_failed:
             self.current_url_failed = True
+            self.failed_urls.add(self.current_url)
             message = exn.args[0] if exn.args else ""
             self.record(self.current_url, "the rest of the tar", f"{type(exn).__name__}: {message}")
         return True
@@ -165,6 +173,37 @@ def _read_tars(budget: CorruptionBudget) -> list[Any]:
     return [budget.track_shards, wds.tarfile_to_samples(handler=budget.skip_tar_error)]
 
 
+def check_tar_sizes(
+    samples: Iterable[Sample], sizes: dict[str, int], budget: CorruptionBudget
+) -> Iterator[Sample]:
+    """Raw samples pass through; each whole tar must hold what ``sizes.json`` says.
+
+    The epoch's length comes from ``sizes.json``: a count that claims more than a tar holds
+    would fill the epoch with repeats without a word. Tars cut short by corruption are
+    counted by the budget instead.
+    """
+    current, count = None, 0
+    for sample in samples:
+        if sample["__url__"] != current:
+            _check_tar_size(current, count, sizes, budget)
+            current, count = sample["__url__"], 0
+        count += 1
+        yield sample
+    _check_tar_size(current, count, sizes, budget)
+
+
+def _check_tar_size(
+    url: str | None, count: int, sizes: dict[str, int], budget: CorruptionBudget
+) -> None:
+    if url is None or url in budget.failed_urls or url not in sizes or sizes[url] == count:
+        return
+    raise ValueError(
+        f"{url} holds {count} samples, but {SIZES_FILE} next to it says {sizes[url]}: the epoch "
+        f"length would be wrong; rewrite {SIZES_FILE} (vtsel extract writes it) or pass the "
+        f"true count with --data.train_num_samples"
+    )
+
+
 def train_stream(
     urls: list[str],
     spec: SampleSpec,
@@ -176,6 +215,7 @@ def train_stream(
     shuffle_buffer: int,
     max_corrupt: int,
     seed: int,
+    shard_sizes: list[int] | None = None,
 ) -> wds.DataPipeline:
     """An endless stream per worker, cut to ``batches_per_worker`` full batches per epoch.
 
@@ -184,22 +224,26 @@ def train_stream(
     shuffle, so the ranks' samples stay disjoint in every pass; each pass then reorders the
     worker's own shards and shuffles its samples in a buffer that drains at the end of the
     pass, so no sample of the next pass is mixed into this one. A sample repeats within an
-    epoch only when its worker's share is smaller than the epoch.
+    epoch only when its worker's share is smaller than the epoch. ``shard_sizes`` (per URL,
+    from ``sizes.json``) are checked against what each tar holds.
     """
     budget = CorruptionBudget(max_corrupt)
+    sizes = {} if shard_sizes is None else dict(zip(urls, shard_sizes, strict=True))
     one_pass = wds.DataPipeline(
         wds.SimpleShardList(urls),
         partial(split_by_rank, rank=rank, world_size=world_size),
         wds.split_by_worker,
         wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed),
         *_read_tars(budget),
+        partial(check_tar_sizes, sizes=sizes, budget=budget),
         # raw bytes are shuffled, not decoded tensors: a buffer of them takes far less memory.
         # Per-rank seed: ranks read different samples, so they need not shuffle in lockstep.
         wds.shuffle(shuffle_buffer, rng=random.Random(seed * 1_000_003 + rank)),
         partial(decode_and_check, spec=spec, budget=budget),
     ).repeat()
     return wds.DataPipeline(
-        one_pass, wds.batched(batch_size, partial=False, collation_fn=collate)
+        partial(budget.epoch, one_pass),
+        wds.batched(batch_size, partial=False, collation_fn=collate),
     ).with_epoch(batches_per_worker)
 
 
@@ -210,7 +254,7 @@ def val_stream(
     """Each of this rank's samples once, in shard order, keeping the last partial batch."""
     budget = CorruptionBudget(max_corrupt)
     return wds.DataPipeline(
-        wds.SimpleShardList(urls),
+        partial(budget.epoch, wds.SimpleShardList(urls)),
         partial(split_by_rank, rank=rank, world_size=world_size),
         wds.split_by_worker,
         *_read_tars(budget),
