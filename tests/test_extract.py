@@ -225,11 +225,13 @@ def test_list_file_input(image_dir: Path, encoder: OpenClipEncoder, tmp_path: Pa
     listing = tmp_path / "images.txt"
     listing.write_text(
         f"# two photos\n{image_dir / 'img-00.png'}\n\n{image_dir / 'img-04.png'}\n"
-        f"{image_dir / 'gone.png'}\n"
+        f"{image_dir / 'gone.png'}\n{listing}\n"
     )
     summary = _run(listing, tmp_path / "out", encoder, val_fraction=0.5)
     assert_each_once(tmp_path / "out", {"img-00", "img-04"})
-    assert [(Path(s.where).name, s.kind) for s in summary.skipped] == [("gone.png", "missing")]
+    assert [(Path(s.where).name, s.kind) for s in summary.skipped] == [
+        ("gone.png", "missing"), ("images.txt", "not an image or tar"),  # itself: a text file
+    ]
 
 
 @pytest.mark.parametrize("layout", ["glob", "folder of tars", "list file"])

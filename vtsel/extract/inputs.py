@@ -158,10 +158,13 @@ def _read_list_file(list_file: Path, skipped: list[SkippedInput]) -> list[Path]:
         if not entry:
             continue
         path = (list_file.parent / entry).absolute()
-        if path.is_file():
-            paths.append(path)
+        where = f"line {line_number} of {list_file}"
+        if not path.is_file():
+            skipped.append(SkippedInput(str(path), "missing", where))
+        elif not (_is_image(path) or _is_tar(path)):
+            skipped.append(SkippedInput(str(path), "not an image or tar", where))
         else:
-            skipped.append(SkippedInput(str(path), "missing", f"line {line_number} of {list_file}"))
+            paths.append(path)
     return paths
 
 
