@@ -164,9 +164,17 @@ def test_ckpt_path_under_other_model_settings_is_refused_naming_them(
     runs = tmp_path / "runs"
     run = fit(TWINS[0], shards, runs, "--trainer.max_steps", "1")
     before = (run / "checkpoints" / "last.ckpt").read_bytes()
-    with pytest.raises(ValueError, match=r"dim: 32 in the checkpoint, 64 here.*init_from"):
-        fit(TWINS[0], shards, runs, "--model.dim", "64", "--ckpt_path", "last")
+    for resumed in ("last", str(run / "checkpoints" / "last.ckpt")):
+        with pytest.raises(ValueError, match=r"dim: 32 in the checkpoint, 64 here.*init_from"):
+            fit(TWINS[0], shards, runs, "--model.dim", "64", "--ckpt_path", resumed)
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing trained
+
+
+def test_a_text_file_as_ckpt_path_is_named(shards: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "readme.txt"
+    bogus.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"readme\.txt is not a checkpoint vtsel can read"):
+        fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", str(bogus))
 
 
 def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:

@@ -224,3 +224,14 @@ def test_a_judge_checkpoint_is_not_exported_as_a_selector(tmp_path: Path) -> Non
         main(["export", "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
               "--out", str(tmp_path / "selector")])
     assert not (tmp_path / "selector").exists()
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"PK\x03\x04 half a zip"])
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(
+    content: bytes, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "notes.ckpt"
+    bogus.write_bytes(content)
+    with pytest.raises(ValueError, match=r"notes\.ckpt is not a checkpoint vtsel can read") as err:
+        main(["export", "--checkpoint", str(bogus), "--out", str(tmp_path / "selector")])
+    assert "weights_only" not in str(err.value)

@@ -49,7 +49,17 @@ def read_checkpoint(path: Path, role: str) -> dict[str, Any]:
     """
     if not path.is_file():
         raise FileNotFoundError(f"no {role} at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # junk bytes raise KeyError, EOFError, UnpicklingError, ...
+        # torch's own message advises weights_only=False, which would run the file's code
+        raise ValueError(
+            f"{role} {path} is not a checkpoint vtsel can read (truncated, or not a "
+            f"Lightning .ckpt: {type(err).__name__}); give a best-*.ckpt or last.ckpt of a "
+            f"vtsel fit"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{role} {path} holds no state_dict: it is not a Lightning checkpoint")
     check_compatible(checkpoint, source=f"{role} {path}")
     return checkpoint
 

@@ -106,14 +106,22 @@ class VtselCLI(LightningCLI):
         )
 
 
-    def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last`` resumes the newest run, logging on into its folder; a
-        resumed checkpoint must have been trained with this config's model settings."""
-        if self.subcommand != "fit" or self.config.fit.get("ckpt_path") is None:
-            return
-        if self.config.fit.ckpt_path == "last":
-            self._resolve_last()
-        check_resumed_settings(Path(self.config.fit.ckpt_path), self.config.fit.model)
+    def _parse_ckpt_path(self) -> None:
+        """Before LightningCLI replaces the config's model settings with the checkpoint's:
+        ``fit --ckpt_path last`` becomes the newest run's ``last.ckpt`` (logging on into its
+        folder), a file that is no checkpoint is named, and a fit must resume under the model
+        settings it was trained with."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is not None and config.get("ckpt_path") is not None:
+            if subcommand == "fit" and config.ckpt_path == "last":
+                self._resolve_last()
+            checkpoint = Path(config.ckpt_path)
+            if subcommand == "fit":
+                check_resumed_settings(checkpoint, config.model)
+            elif checkpoint.is_file():
+                read_checkpoint(checkpoint, role=f"checkpoint given to {subcommand} --ckpt_path")
+        super()._parse_ckpt_path()
 
     def _resolve_last(self) -> None:
         logger_args = getattr(self.config.fit.trainer.logger, "init_args", None)
