@@ -161,14 +161,18 @@ def test_sample_counts_need_sizes_json_or_an_override(
     assert len(train_epoch(datamodule)) == 3
 
 
-def test_pipe_urls_are_streamed_and_need_a_sample_count(
-    tmp_path: Path, make_shards: MakeShards
+def test_pipe_urls_are_streamed_need_a_sample_count_and_log_their_commands(
+    tmp_path: Path, make_shards: MakeShards, caplog: pytest.LogCaptureFixture
 ) -> None:
     shards = make_shards(tmp_path / "train", num_samples=8)
     spec = f"pipe:cat {shards}/shard-{{000000..000001}}.tar"
     with pytest.raises(ValueError, match="train_num_samples"):
         make_datamodule(spec).setup("fit")
-    assert len(train_epoch(make_datamodule(spec, train_num_samples=8))) == 2
+    with caplog.at_level(logging.WARNING, logger="vtsel.data"):
+        assert len(train_epoch(make_datamodule(spec, train_num_samples=8))) == 2
+    assert f"runs 2 shell command(s) to read its tars, e.g. 'cat {shards}/shard-000000.tar'" in (
+        caplog.text
+    )
 
 
 def test_corrupt_tars_and_samples_are_counted_and_skipped(

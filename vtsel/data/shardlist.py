@@ -9,12 +9,15 @@ on it before the first batch.
 from __future__ import annotations
 
 import glob
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import braceexpand
 
 from vtsel.data.format import read_sizes
+
+log = logging.getLogger("vtsel.data")
 
 SPEC_SEPARATOR = "::"
 _GLOB_CHARS = frozenset("*?[")
@@ -55,6 +58,12 @@ def resolve_shard_urls(spec: str) -> list[str]:
         if not found:
             raise FileNotFoundError(f"no shards match {part!r} (from shard spec {spec!r})")
         urls.extend(found)
+    commands = [url for url in urls if url.startswith("pipe:")]
+    if commands:  # a config from elsewhere can run anything this way: say what will run
+        log.warning(
+            "shard spec runs %d shell command(s) to read its tars, e.g. %r",
+            len(commands), commands[0].removeprefix("pipe:"),
+        )
     return urls
 
 
