@@ -235,3 +235,31 @@ def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(
     with pytest.raises(ValueError, match=r"notes\.ckpt is not a checkpoint vtsel can read") as err:
         main(["export", "--checkpoint", str(bogus), "--out", str(tmp_path / "selector")])
     assert "weights_only" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("config: not json", r"config\.json is not valid JSON"),
+        ("config: string width", r"feature_dim='32' must be positive integers"),
+        ("weights: truncated", r"model\.safetensors is not a readable safetensors file"),
+        ("weights: not safetensors", r"model\.safetensors is not a readable safetensors file"),
+    ],
+)
+def test_a_damaged_export_is_named_with_what_to_do(
+    exported: Exported, tmp_path: Path, broken: str, message: str
+) -> None:
+    copy = tmp_path / "selector"
+    shutil.copytree(exported.directory, copy)
+    config_file, weights_file = copy / CONFIG_FILE, copy / WEIGHTS_FILE
+    if broken == "config: not json":
+        config_file.write_text(config_file.read_text()[:-20])
+    elif broken == "config: string width":
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**config, "feature_dim": "32"}))
+    elif broken == "weights: truncated":
+        weights_file.write_bytes(weights_file.read_bytes()[:100])
+    else:
+        weights_file.write_text("a text file")
+    with pytest.raises(ValueError, match=message):
+        TokenSelector.from_pretrained(copy)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -68,13 +68,21 @@ class TokenSelector(nn.Module):
                 do not fit the architecture it describes.
         """
         config_path = Path(directory) / CONFIG_FILE
-        config = json.loads(config_path.read_text())
-        if config.get("format") != EXPORT_FORMAT:
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a `vtsel export` folder")
+        try:
+            config = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}): re-export it") from None
+        if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
             raise ValueError(
-                f"{config_path} has format {config.get('format')!r}, not {EXPORT_FORMAT!r}: "
+                f"{config_path} has format "
+                f"{config.get('format') if isinstance(config, dict) else None!r}, not "
+                f"{EXPORT_FORMAT!r}: "
                 f"it is not a selector written by `vtsel export`"
             )
         check_compatible(config, source=str(config_path))
+        _check_config_types(config, config_path)
         selector = FeatureSelector(
             feature_dim=config["feature_dim"],
             grid_size=tuple(config["grid_size"]),
@@ -86,9 +94,15 @@ class TokenSelector(nn.Module):
             coverage=config["coverage"],
         )
         weights_path = config_path.with_name(WEIGHTS_FILE)
-        _check_weights_metadata(weights_path, config, config_path)
         try:
-            selector.load_state_dict(load_file(weights_path))  # strict: every key and shape
+            _check_weights_metadata(weights_path, config, config_path)
+            weights = load_file(weights_path)
+        except (OSError, SafetensorError) as err:
+            raise ValueError(
+                f"{weights_path} is not a readable safetensors file ({err}): re-export it"
+            ) from None
+        try:
+            selector.load_state_dict(weights)  # strict: every key and shape
         except RuntimeError as err:
             raise ValueError(f"{weights_path} does not fit {config_path}: {err}") from err
         return cls(selector, config)
@@ -169,6 +183,24 @@ class TokenSelector(nn.Module):
         if features.dim() == 3:
             return selected
         return Selected(selected.indices[0], selected.features[0])
+
+
+def _check_config_types(config: dict[str, Any], config_path: Path) -> None:
+    """Name the key of a hand-edited config.json that holds the wrong kind of value."""
+    integers = ("feature_dim", "dim", "depth", "num_heads")
+    wrong = [key for key in integers if not _is_int(config.get(key))]
+    grid = config.get("grid_size")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(side) for side in grid)):
+        wrong.append("grid_size")
+    if wrong:
+        raise ValueError(
+            f"{config_path}: {', '.join(f'{key}={config.get(key)!r}' for key in wrong)} must be "
+            f"positive integers (grid_size two of them): re-export, or fix the file"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
