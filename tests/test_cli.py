@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import MakeShards
+from tests.conftest import Exported, MakeShards
+from tests.extract_support import write_photos
 from vtsel.cli import TOOLS, main, run_command
 from vtsel.data.format import FeatureContractError
 
@@ -175,6 +177,23 @@ def test_a_text_file_as_ckpt_path_is_named(shards: Path, tmp_path: Path) -> None
     bogus.write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"readme\.txt is not a checkpoint vtsel can read"):
         fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", str(bogus))
+
+
+@pytest.mark.parametrize("command", ["extract", "export", "demo-data"])
+def test_an_out_that_is_a_file_is_refused_by_name(
+    command: str, exported: Exported, tmp_path: Path
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    write_photos(tmp_path / "photos", 1)
+    args = {
+        "extract": ["--images", str(tmp_path / "photos"), "--out", str(taken)],
+        "export": ["--checkpoint", str(exported.checkpoint), "--out", str(taken)],
+        "demo-data": ["--out", str(taken)],
+    }[command]
+    with pytest.raises(ValueError, match=rf"--out {re.escape(str(taken))} is a file"):
+        main([command, *args])
+    assert taken.read_text() == "someone's file"
 
 
 def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:

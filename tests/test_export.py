@@ -210,10 +210,6 @@ def test_an_out_folder_of_other_files_is_refused_unless_asked(
     main([*args, "--overwrite", "true"])
     assert json.loads((out / CONFIG_FILE).read_text())["format"] == "vtsel-selector"
     main(args)  # an earlier export is replaced without asking
-    (tmp_path / "a-file").write_text("")
-    with pytest.raises(ValueError, match="a-file is a file"):
-        main(["export", "--checkpoint", str(exported.checkpoint),
-              "--out", str(tmp_path / "a-file")])
 
 
 def test_a_judge_checkpoint_is_not_exported_as_a_selector(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from vtsel.inference import (
     WEIGHTS_FILE,
     weights_metadata,
 )
+from vtsel.outputs import check_out_folder
 from vtsel.task import TASK_KEY
 
 SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
@@ -62,8 +63,7 @@ def export(
 
 def _check_out(out_dir: Path, overwrite: bool) -> None:
     """Refuse a file, or a non-empty folder that is not an earlier export (unless asked)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file: give a folder for the export")
+    check_out_folder(out_dir)
     if not out_dir.is_dir() or not any(out_dir.iterdir()) or overwrite:
         return
     try:

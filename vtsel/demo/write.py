@@ -21,6 +21,7 @@ from vtsel.demo.documents import render_document
 from vtsel.demo.pages import render_page
 from vtsel.demo.photos import package_photos, photo_views
 from vtsel.demo.text import Box
+from vtsel.outputs import check_out_folder
 
 TRAIN_DIR, HELDOUT_DIR = "train", "heldout"
 # With heldout=True: documents and scikit-image photos train; charts, pages of real text and
@@ -55,6 +56,7 @@ def write_demo_images(
         Images written per kind: ``{"photo": ..., "doc": ..., "chart": ..., "page": ...}``.
     """
     root = Path(out)
+    check_out_folder(root)
     folders = [root / TRAIN_DIR, root / HELDOUT_DIR] if heldout else [root]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from vtsel.extract.manifest import build_manifest, check_out_apart_from_inputs, 
 from vtsel.extract.progress import ImageProgress
 from vtsel.extract.units import keys_fingerprint, plan_units
 from vtsel.extract.writer import ExtractionSummary, UnitShardWriter
+from vtsel.outputs import check_out_folder
 
 
 def extract(
@@ -110,6 +111,7 @@ def extract(
         target_size=target_size, val_fraction=val_fraction, split_seed=split_seed,
         unit_size=unit_size, max_image_pixels=max_image_pixels, precision=precision,
     )
+    check_out_folder(out_dir)
     check_out_apart_from_inputs(out_dir, _input_folders(images, listing.sources))
     check_output(out_dir, manifest, overwrite)  # refuse a mismatch before any process starts
     units = plan_units(listing.sources, unit_size, val_fraction, split_seed)
