@@ -196,6 +196,14 @@ def test_an_out_that_is_a_file_is_refused_by_name(
     assert taken.read_text() == "someone's file"
 
 
+def test_a_negative_learning_rate_reaches_the_models_own_refusal(
+    shards: Path, tmp_path: Path
+) -> None:
+    # argparse alone reads "-1e-3" as an option: "argument --model.lr: expected one argument"
+    with pytest.raises(ValueError, match=r"lr must be >= 0 \(0 freezes the weights\), got -0\.001"):
+        fit(TWINS[0], shards, tmp_path / "runs", "--model.lr", "-1e-3")
+
+
 def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no last\.ckpt under"):
         fit(TWINS[0], shards, tmp_path / "runs", "--ckpt_path", "last")

@@ -210,11 +210,36 @@ def resolve_fit_config(args: list[str]) -> Namespace:
 def run_command(args: list[str] | None = None) -> LightningCLI | None:
     """Run a ``vtsel`` command; returns the CLI of a Lightning subcommand (holding the trainer
     and its metrics) for tests and notebooks, ``None`` for the data tools."""
-    argv = sys.argv[1:] if args is None else list(args)
+    argv = attach_negative_values(sys.argv[1:] if args is None else list(args))
     if argv and argv[0] in TOOLS:
         TOOLS[argv[0]].run(argv[1:])
         return None
-    return _make_cli(VtselCLI, args, run=True)
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (and warns if given both)
+        return _make_cli(VtselCLI, None, run=True)
+    return _make_cli(VtselCLI, argv, run=True)
+
+
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", re.IGNORECASE)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--opt -1e-3`` as ``--opt=-1e-3``: argparse reads a value like ``-1e-3`` as an option
+    ("expected one argument"), so a negative number is joined to the option before it."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg.startswith("--") and "=" not in arg and following is not None and (
+            _NEGATIVE_NUMBER.fullmatch(following)
+        ):
+            joined.append(f"{arg}={following}")
+            index += 2
+        else:
+            joined.append(arg)
+            index += 1
+    return joined
 
 
 def main(args: list[str] | None = None) -> None:
