@@ -96,7 +96,7 @@ def check_judge(judge: Judge, batches: Iterable[torch.Tensor], seed: int = 0) ->
             keep = family_masks(
                 family, counts, judge.contract.grid, generator, feats.cpu()
             ).to(device)  # (B, L)
-            judged = dropped_token_mse(judge.reconstruct(normed, keep)[0], normed, keep)
+            judged = dropped_token_mse(judge.reconstruct_features(normed, keep), normed, keep)
             sums[name] += float(judged.sum())
             if name.startswith("mid/"):
                 interpolated = dropped_token_mse(judge.interpolate(normed, keep), normed, keep)
