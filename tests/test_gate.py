@@ -38,14 +38,14 @@ class KnownJudge(Judge):
         super().__init__(module, FeatureContract("test", C, GRID), Path("known"))
         self.rule = rule
 
-    def reconstruct(self, normed: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def reconstruct_features(self, normed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         kept = keep.unsqueeze(-1)
         if self.rule == "interpolation+":  # a fifth of the way from interpolation to the truth
             rebuilt = 0.8 * self.interpolate(normed, keep) + 0.2 * normed
         else:  # "mean": every dropped token is the mean of the kept ones
             mean = (kept * normed).sum(1, keepdim=True) / kept.sum(1, keepdim=True)
             rebuilt = kept * normed + (1 - kept) * mean
-        return rebuilt, None
+        return rebuilt
 
 
 def batches() -> list[torch.Tensor]:
