@@ -72,6 +72,53 @@ def test_sigkill_mid_run_then_rerun_holds_every_image_once(tmp_path: Path) -> No
     assert not (out / ".partial").exists()
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while listed
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
+def test_the_workers_of_a_sigkilled_extract_die_with_it(tmp_path: Path) -> None:
+    write_photos(tmp_path / "images", NUM_IMAGES)
+    out = tmp_path / "shards"
+    with open(tmp_path / "run.log", "w") as log:
+        process = subprocess.Popen(_command(tmp_path / "images", out, "--num_workers", "1"),
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while _committed(out) < 1:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, "no unit committed in 300 s"
+            time.sleep(0.02)
+        workers = _children(process.pid)
+        assert workers, "the extraction runs no worker process"
+        process.send_signal(signal.SIGKILL)  # the parent only, as `kill -9 <pid>` does
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
+    finally:
+        for pid in _children(process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_write_the_samples_one_process_writes(tmp_path: Path) -> None:
     keys = set(write_photos(tmp_path / "images", 8))

@@ -9,6 +9,10 @@ uncommitted units to the ranks (``setup``) and serves each rank's units from Dat
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ from vtsel.extract.ledger import Ledger
 from vtsel.extract.manifest import prepare_output
 from vtsel.extract.shards import discard_unit, remove_sizes
 from vtsel.extract.units import WorkUnit
+
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for when the parent dies
 
 
 class EncoderModule(L.LightningModule):
@@ -119,6 +125,21 @@ class ExtractionData(L.LightningDataModule):
             batch_size=None,  # CropBatches batches itself
             collate_fn=keep_as_is,
             num_workers=self.num_workers,
+            worker_init_fn=die_with_parent,
             pin_memory=self.trainer.strategy.root_device.type == "cuda",
             **loader_args,
         )
+
+
+def die_with_parent(worker_id: int) -> None:
+    """DataLoader worker init: on Linux, the kernel kills the worker when its parent dies.
+
+    A SIGKILLed extraction cannot stop its workers, and torch's own parent check left them
+    running for over a minute.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
