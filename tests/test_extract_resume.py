@@ -100,6 +100,7 @@ def test_the_workers_of_a_sigkilled_extract_die_with_it(tmp_path: Path) -> None:
     with open(tmp_path / "run.log", "w") as log:
         process = subprocess.Popen(_command(tmp_path / "images", out, "--num_workers", "1"),
                                    stdout=log, stderr=subprocess.STDOUT)
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 300
         while _committed(out) < 1:
@@ -114,9 +115,11 @@ def test_the_workers_of_a_sigkilled_extract_die_with_it(tmp_path: Path) -> None:
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
-    finally:
-        for pid in _children(process.pid):
-            os.kill(pid, signal.SIGKILL)
+    finally:  # never leave a process behind, whatever failed
+        process.kill()
+        for pid in [*workers, *_children(process.pid)]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
