@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import Exported, MakeShards
@@ -168,3 +169,17 @@ def test_a_keep_range_outside_the_unit_interval_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="keep_range"):
         random_keep_counts(2, 16, keep_range)
+
+
+@pytest.mark.parametrize("preset", ["demo", "llava_next", "internvl"])
+@pytest.mark.parametrize("conf", ["conf", "tests/conf"])
+def test_a_judge_preset_reads_the_features_its_selector_preset_trains_on(
+    preset: str, conf: str
+) -> None:
+    """vtsel eval refuses a judge of another encoder, grid or width than the shards: the two
+    presets of one encoder must agree on the feature contract."""
+    root = Path(__file__).resolve().parents[1] / conf
+    selector = yaml.safe_load((root / f"{preset}.yaml").read_text())["data"]
+    judge = yaml.safe_load((root / "judge" / f"{preset}.yaml").read_text())["data"]
+    for key in ("encoder", "feature_dim", "grid_size", "image_size"):
+        assert judge[key] == selector[key], (preset, key)
