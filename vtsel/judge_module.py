@@ -12,14 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from vtsel.masking import (
     check_families,
     check_keep_range,
-    mixture_masks,
-    random_keep_counts,
     top_counts_mask,
 )
 from vtsel.models.selector import tokens_for_ratio
@@ -109,17 +106,9 @@ class JudgeModule(ReconstructionTask):
         self, batch: dict[str, Any], normed: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, dropped-token error) on a draw of the mixture, from ``generator``."""
-        counts = random_keep_counts(
-            normed.shape[0], normed.shape[1], self.hparams.keep_range, generator
+        return self.drawn_mask_loss(
+            batch, normed, self.mask_families, self.hparams.keep_range, generator
         )
-        keep = mixture_masks(
-            self.mask_families, counts, self.grid, generator, batch["feats"],
-            batch.get("attention"),
-        ).to(normed.device)  # (B, L)
-        feats_rec, image_rec = self.reconstruct(normed, keep)
-        dropped = dropped_token_mse(feats_rec, normed, keep).mean()
-        image_term = F.mse_loss(image_rec.float(), batch["image"].float())
-        return dropped + self.image_weight * image_term, dropped
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         normed = self.normalize(batch["feats"])  # (B, L, C)

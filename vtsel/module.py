@@ -12,14 +12,13 @@ from torch.func import functional_call
 from vtsel.masking import (
     check_families,
     check_keep_range,
-    mixture_masks,
     random_keep_counts,
     sampled_topk_mask,
 )
 from vtsel.metrics import SelectionMetrics
 from vtsel.models import FeatureSelector
 from vtsel.models.selector import MaskEstimator
-from vtsel.objective import LossTerms, Regularizer, SelectionObjective, dropped_token_mse
+from vtsel.objective import LossTerms, Regularizer, SelectionObjective
 from vtsel.task import ReconstructionTask
 
 Masking = Literal["selector", "decoupled"]
@@ -152,16 +151,10 @@ class SelectorModule(ReconstructionTask):
         self, batch: dict[str, Any], normed: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """The reconstructors' own loss on drawn masks: dropped-token error plus the image."""
-        counts = random_keep_counts(
-            normed.shape[0], normed.shape[1], self.hparams.keep_range, generator
+        loss, _ = self.drawn_mask_loss(
+            batch, normed, self.reconstructor_masks, self.hparams.keep_range, generator
         )
-        keep = mixture_masks(
-            self.reconstructor_masks, counts, self.grid, generator, batch["feats"],
-            batch.get("attention"),
-        ).to(normed.device)  # (B, L)
-        feats_rec, image_rec = self.reconstruct(normed, keep)
-        image_term = torch.nn.functional.mse_loss(image_rec.float(), batch["image"].float())
-        return dropped_token_mse(feats_rec, normed, keep).mean() + self.image_weight * image_term
+        return loss
 
     def _objective(
         self,

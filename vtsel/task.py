@@ -7,16 +7,20 @@ they learn. ``vtsel fit`` takes either as ``model.class_path``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from vtsel import __version__
 from vtsel.checkpoints import check_compatible, load_weights
+from vtsel.masking import mixture_masks, random_keep_counts
 from vtsel.models import FeatureReconstructor, ImageReconstructor
 from vtsel.models.blocks import normalize_tokens
+from vtsel.objective import dropped_token_mse
 from vtsel.schedule import fit_optimizer_steps, warmup_cosine
 
 TASK_KEY = "vtsel_task"  # checkpoint entry naming the task: "selector" or "judge"
@@ -84,6 +88,25 @@ class ReconstructionTask(L.LightningModule):
         """Tokens (B, L, C), kept ones unchanged, and image (B, 3, S, S) from a keep mask (B, L)."""
         feats_rec = self.feature_reconstructor(normed, keep)
         return feats_rec, self.image_reconstructor(feats_rec)
+
+    def drawn_mask_loss(
+        self,
+        batch: dict[str, Any],
+        normed: torch.Tensor,
+        families: Mapping[str, float],
+        keep_range: tuple[float, float],
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, dropped-token error) of the reconstructors on masks drawn from ``families``
+        at budgets drawn from ``keep_range`` (``generator``; the global one if None)."""
+        counts = random_keep_counts(normed.shape[0], normed.shape[1], keep_range, generator)
+        keep = mixture_masks(
+            families, counts, self.grid, generator, batch["feats"], batch.get("attention")
+        ).to(normed.device)  # (B, L)
+        feats_rec, image_rec = self.reconstruct(normed, keep)
+        dropped = dropped_token_mse(feats_rec, normed, keep).mean()
+        image_term = F.mse_loss(image_rec.float(), batch["image"].float())
+        return dropped + self.image_weight * image_term, dropped
 
     def _start_from(self, init_from: str | None) -> None:
         """Load the weights (only) of a checkpoint of the same task, e.g. the previous stage's."""
