@@ -3,10 +3,14 @@ contract, the manifest, the split, resuming, refusing another config, the comman
 
 from __future__ import annotations
 
+import errno
+import gc
 import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -275,3 +279,32 @@ def test_local_weights_file_is_loaded_and_named(tmp_path: Path) -> None:
     assert encoder.encoder_id == "open_clip:ViT-S-16:my-vit-s.pt:layer3"
     torch.testing.assert_close(encoder.visual.conv1.weight, source.visual.conv1.weight)
     assert len(encoder.visual.transformer.resblocks) == 4  # blocks after layer 3 are pruned
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 512 KiB tmpfs: a real full disk (ENOSPC), enlarged by the test with ``remount``."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_named_once_and_the_rerun_finishes(
+    image_dir: Path, encoder: OpenClipEncoder, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unraisable: list[object] = []  # "Exception ignored in ...": tarfile flushing at collection
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    out = small_disk / "out"
+    with pytest.raises(OSError, match=rf"shards of {re.escape(str(out))} failed \(No space left"
+                       r" on device\).*free space.*rerun the same command") as failed:
+        _run(image_dir, out, encoder)
+    assert failed.value.errno == errno.ENOSPC
+    gc.collect()
+    assert unraisable == []
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    _run(image_dir, out, encoder)
+    assert_each_once(out, {p.stem for p in image_dir.glob("*.png")})

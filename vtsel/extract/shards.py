@@ -16,6 +16,7 @@ uncommitted unit left, so it can be redone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +65,17 @@ class UnitWriter:
         writer.write(sample)
         tar_name = Path(writer.fname).name
         self.shards[split][tar_name] = self.shards[split].get(tar_name, 0) + 1
+
+    def abandon(self) -> None:
+        """Close the open tars without finishing them, after a write failed (a full disk): what
+        they buffered cannot be written, and the unit's partial folder is redone by the next
+        run. Closing quietly now keeps tarfile from retrying the write at garbage collection."""
+        for writer in self._writers.values():
+            tar_writer = writer.tarstream  # webdataset's TarWriter of the current part
+            for close in (tar_writer.tarstream.close, tar_writer.stream.close):
+                with contextlib.suppress(OSError, ValueError):
+                    close()
+        self._writers.clear()
 
     def commit(self, ledger: Ledger, images: int, skipped: list[SkippedInput]) -> UnitRecord:
         """Close the tars, move them into the split folders, and record the unit as done."""

@@ -117,7 +117,32 @@ class UnitShardWriter(BasePredictionWriter):
         )
 
     def _write(self, encoded: EncodedBatch, crops: list[CropRecord], done: list[UnitDone]) -> None:
-        """Write one batch's samples and commit the units it closes (on the writing thread)."""
+        """Write one batch's samples and commit the units it closes (on the writing thread).
+
+        Raises:
+            OSError: Writing failed (a full disk): named with the output folder and what to do,
+                once, with the open tars closed quietly.
+        """
+        try:
+            self._write_batch(encoded, crops, done)
+        except OSError as err:
+            units = sorted(self._open)
+            self._abandon_open_units()
+            raise OSError(
+                err.errno,
+                f"writing the shards of {self.out} failed ({err.strerror or err}) while unit(s) "
+                f"{units} were open: free space (or choose another --out) and rerun the same "
+                f"command; committed units are kept and the open ones are redone",
+            ) from None
+
+    def _abandon_open_units(self) -> None:
+        for unit_writer in self._open.values():
+            unit_writer.abandon()
+        self._open.clear()
+
+    def _write_batch(
+        self, encoded: EncodedBatch, crops: list[CropRecord], done: list[UnitDone]
+    ) -> None:
         if crops and (encoded.attention is not None) != self.manifest.attention:
             raise RuntimeError(
                 f"the encoder {'gave no' if self.manifest.attention else 'gave'} attention, but "
@@ -158,6 +183,7 @@ class UnitShardWriter(BasePredictionWriter):
     ) -> None:
         """Stop writing: what is not committed is redone by the next run."""
         self._thread.shutdown(wait=True, cancel_futures=True)
+        self._abandon_open_units()
 
 
 def finalize(out: Path, num_units: int, listing_skipped: list[SkippedInput]) -> ExtractionSummary:
