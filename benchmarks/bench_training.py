@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))  # the tests' shard writer is the one real-format 
 from benchmarks.report import BENCHMARKS_FILE, machine, update_section  # noqa: E402
 from tests.conftest import write_feature_shards  # noqa: E402
 from vtsel.data import FeatureShardDataModule  # noqa: E402
-from vtsel.module import SelectorModule  # noqa: E402
-from vtsel.schedule import warmup_cosine  # noqa: E402
+from vtsel.train.schedule import warmup_cosine  # noqa: E402
+from vtsel.train.selector_module import SelectorModule  # noqa: E402
 
 THREADS = 2
 BATCH = 32

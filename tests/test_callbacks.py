@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import write_feature_shards
 from tests.test_cli import TWINS, fit, shards  # noqa: F401  (shards is a fixture)
-from vtsel.callbacks import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH, overlay_mask, side_by_side
+from vtsel.train.callbacks import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH, overlay_mask, side_by_side
 
 KEEP_RATIO = 0.4  # as the twins configure the callback
 IMAGE_SIZE, GRID = 32, 4  # tests/conf/demo.yaml on tests/conftest.py shards

@@ -25,9 +25,9 @@ from vtsel.data.format import (
     encode_sample,
     write_sizes,
 )
-from vtsel.evaluation import PAPER_KEEP_RATIOS, evaluate
-from vtsel.evaluation.metrics import METRIC_BY_NAME
-from vtsel.evaluation.runner import JudgeGateError
+from vtsel.fidelity import PAPER_KEEP_RATIOS, evaluate
+from vtsel.fidelity.metrics import METRIC_BY_NAME
+from vtsel.fidelity.runner import JudgeGateError
 
 JUDGE_TWIN = Path(__file__).parent / "conf" / "judge" / "demo.yaml"
 NUM_HELD_OUT = 10

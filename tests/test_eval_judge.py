@@ -17,16 +17,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import Exported, MakeShards
 from tests.test_cli import fit
-from vtsel.evaluation import Judge
-from vtsel.judge_module import JudgeModule
-from vtsel.masking import (
+from vtsel.fidelity import Judge
+from vtsel.models.selector import tokens_for_ratio
+from vtsel.train.judge_module import JudgeModule
+from vtsel.train.masking import (
     HELD_OUT_FAMILY,
     check_families,
     family_masks,
     mixture_masks,
     random_keep_counts,
 )
-from vtsel.models.selector import tokens_for_ratio
 
 JUDGE_TWINS = sorted(Path(__file__).parent.joinpath("conf", "judge").glob("*.yaml"))
 DEMO_JUDGE = Path(__file__).parent / "conf" / "judge" / "demo.yaml"

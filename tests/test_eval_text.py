@@ -13,7 +13,7 @@ from PIL import Image
 
 from vtsel.data.format import SampleMeta
 from vtsel.demo import write_demo_images
-from vtsel.evaluation.text_recall import TextRegions, text_cover, text_recall
+from vtsel.fidelity.text_recall import TextRegions, text_cover, text_recall
 
 ENCODER_SIDE, GRID = 224, (14, 14)  # the demo encoder: ViT-S/16 at 224 px
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from vtsel.masking import sampled_topk_mask
-from vtsel.module import SelectorModule
+from vtsel.train.masking import sampled_topk_mask
+from vtsel.train.selector_module import SelectorModule
 
 KEEP_RANGE = (0.05, 0.6)
 

@@ -19,7 +19,7 @@ from vtsel.cli import main
 from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
 from vtsel.methods import TrainedSelector, build_method
 from vtsel.models.selector import tokens_for_ratio
-from vtsel.module import SelectorModule
+from vtsel.train.selector_module import SelectorModule
 
 CROPS, TOKENS, WIDTH = 3, 16, 32  # tests/conf/demo.yaml: 4x4 grid of 32-wide tokens
 

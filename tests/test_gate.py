@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtsel.evaluation import Judge
-from vtsel.evaluation.gate import FAVOUR_TOLERANCE, GateReport, _failures, check_judge
-from vtsel.evaluation.judge import FeatureContract
-from vtsel.judge_module import JudgeModule
-from vtsel.masking import HELD_OUT_FAMILY
+from vtsel.fidelity import Judge
+from vtsel.fidelity.gate import FAVOUR_TOLERANCE, GateReport, _failures, check_judge
+from vtsel.fidelity.judge import FeatureContract
+from vtsel.train.judge_module import JudgeModule
+from vtsel.train.masking import HELD_OUT_FAMILY
 
 GRID, C = (8, 8), 16
 

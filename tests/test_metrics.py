@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vtsel.metrics import SelectionMetrics
+from vtsel.train.metrics import SelectionMetrics
 
 
 def test_masks_keep_the_budget_and_random_subsets_repeat() -> None:

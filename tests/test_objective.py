@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vtsel.objective import SelectionObjective, band_penalty
+from vtsel.train.objective import SelectionObjective, band_penalty
 
 
 @pytest.mark.parametrize(

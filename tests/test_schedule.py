@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from vtsel.schedule import fit_optimizer_steps, warmup_cosine
+from vtsel.train.schedule import fit_optimizer_steps, warmup_cosine
 
 
 def lrs_over(total_steps: int, warmup_fraction: float, peak: float = 1.0) -> list[float]:

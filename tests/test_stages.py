@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import MakeShards
 from vtsel.cli import main
-from vtsel.stages import DONE_MARKER
+from vtsel.train.stages import DONE_MARKER
 
 REPO = Path(__file__).parents[1]
 PRESETS = sorted([*REPO.glob("conf/*.yaml"), *REPO.glob("tests/conf/*.yaml")])

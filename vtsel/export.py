@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import save_file
 
 from vtsel import __version__
-from vtsel.checkpoints import read_checkpoint
 from vtsel.inference import (
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -19,7 +18,8 @@ from vtsel.inference import (
     weights_metadata,
 )
 from vtsel.outputs import check_out_folder
-from vtsel.task import TASK_KEY
+from vtsel.train.checkpoints import read_checkpoint
+from vtsel.train.task import TASK_KEY
 
 SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
 

@@ -1,6 +1,6 @@
 """Drawing the paper's Figure 1 from tensors: torch only, so inference tools need no Lightning.
 
-``vtsel.callbacks.SelectionImages`` (TensorBoard, during training) and ``vtsel visualize`` (a
+``vtsel.train.callbacks.SelectionImages`` (TensorBoard, during training) and ``vtsel visualize`` (a
 PNG for any image file) draw the same panels with these helpers.
 """
 

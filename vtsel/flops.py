@@ -122,7 +122,7 @@ class SelectorShape:
             )
         if path.suffix == ".json":
             return cls._from_export_config(json.loads(path.read_text()), path)
-        from vtsel.cli import resolve_fit_config  # Lightning is only needed for presets
+        from vtsel.train.fit import resolve_fit_config  # Lightning is only needed for presets
 
         config = resolve_fit_config(["--config", str(path)])
         return cls(

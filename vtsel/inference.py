@@ -17,9 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from vtsel.checkpoints import check_compatible
 from vtsel.models import FeatureSelector, topk_mask
 from vtsel.models.selector import tokens_for_ratio
+from vtsel.versions import check_compatible
 
 EXPORT_FORMAT = "vtsel-selector"
 CONFIG_FILE = "config.json"

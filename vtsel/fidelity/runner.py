@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vtsel.evaluation.gate import GateReport, check_judge
-from vtsel.evaluation.judge import Judge
-from vtsel.evaluation.lineup import Lineup, build_lineup, method_names
-from vtsel.evaluation.metrics import reconstruction_scores
-from vtsel.evaluation.plots import plot_metrics, write_tensorboard
-from vtsel.evaluation.report import (
+from vtsel.fidelity.gate import GateReport, check_judge
+from vtsel.fidelity.judge import Judge
+from vtsel.fidelity.lineup import Lineup, build_lineup, method_names
+from vtsel.fidelity.metrics import reconstruction_scores
+from vtsel.fidelity.plots import plot_metrics, write_tensorboard
+from vtsel.fidelity.report import (
     RESULT_COLUMNS,
     SAMPLE_COLUMNS,
     Budget,
@@ -32,8 +32,8 @@ from vtsel.evaluation.report import (
     summarize,
     write_csv,
 )
-from vtsel.evaluation.shards import EvalBatch, HeldOutShards
-from vtsel.evaluation.text_recall import TextRegions, text_recall
+from vtsel.fidelity.shards import EvalBatch, HeldOutShards
+from vtsel.fidelity.text_recall import TextRegions, text_recall
 from vtsel.inference import WEIGHTS_FILE
 from vtsel.models.selector import tokens_for_ratio
 
@@ -55,7 +55,7 @@ class EvalReport:
         methods: The methods scored, in table order.
         budgets: The budgets, ascending.
         notes: Methods skipped and other caveats, also written into ``report.md``.
-        gate: The judge's sanity gate on these shards (``vtsel.evaluation.gate``).
+        gate: The judge's sanity gate on these shards (``vtsel.fidelity.gate``).
         files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
     """
 
@@ -129,7 +129,7 @@ def evaluate(
         seed: Seed of the random method (each crop's subset is fixed by seed and content).
         tensorboard: Also write the figures and scalars for TensorBoard.
         allow_failed_judge: Score and report even when the judge fails its sanity gate
-            (``vtsel.evaluation.gate``), under a banner saying so; for debugging a judge, never
+            (``vtsel.fidelity.gate``), under a banner saying so; for debugging a judge, never
             for numbers to quote.
         image_metrics: Also rebuild the image and score PSNR and SSIM; off, only the
             feature reconstructor runs (about half the time on a CPU).

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtsel.evaluation.metrics import METRICS
+from vtsel.fidelity.metrics import METRICS
 
 METRIC_COLUMNS = tuple(metric.name for metric in METRICS)
 SAMPLE_COLUMNS = ("method", "keep_ratio", "keep_tokens", "key", "source_key", *METRIC_COLUMNS)

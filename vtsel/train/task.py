@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from vtsel import __version__
-from vtsel.checkpoints import check_compatible, load_weights
-from vtsel.masking import mixture_masks, random_keep_counts
 from vtsel.models import FeatureReconstructor, ImageReconstructor
 from vtsel.models.blocks import normalize_tokens
-from vtsel.objective import dropped_token_mse
-from vtsel.schedule import fit_optimizer_steps, warmup_cosine
+from vtsel.train.checkpoints import load_weights
+from vtsel.train.masking import mixture_masks, random_keep_counts
+from vtsel.train.objective import dropped_token_mse
+from vtsel.train.schedule import fit_optimizer_steps, warmup_cosine
+from vtsel.versions import check_compatible
 
 TASK_KEY = "vtsel_task"  # checkpoint entry naming the task: "selector" or "judge"
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 
-from vtsel.cli import Stage, resolve_fit_config
+from vtsel.train.fit import Stage, resolve_fit_config
 
 DONE_MARKER = "DONE"  # written into a stage's run folder once its fit has returned
 

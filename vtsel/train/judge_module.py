@@ -3,8 +3,8 @@
 ``vtsel eval`` scores every selection method by how well one reconstructor rebuilds what the
 method dropped (the paper's eq. 1). That reconstructor must favour no method, so it never sees
 a trained selector's masks; and it must not favour the families it does see, so it learns from
-a mixture (``vtsel.masking``) and the evaluation checks it on a family it never saw
-(``vtsel.evaluation.gate``).
+a mixture (``vtsel.train.masking``) and the evaluation checks it on a family it never saw
+(``vtsel.fidelity.gate``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from vtsel.masking import (
+from vtsel.models.selector import tokens_for_ratio
+from vtsel.train.masking import (
     check_families,
     check_keep_range,
     top_counts_mask,
 )
-from vtsel.models.selector import tokens_for_ratio
-from vtsel.objective import dropped_token_mse
-from vtsel.task import ReconstructionTask
+from vtsel.train.objective import dropped_token_mse
+from vtsel.train.task import ReconstructionTask
 
 DEFAULT_FAMILIES = {
     "random": 2.0, "clustered": 1.0, "blocky": 1.0, "uniform": 1.0, "spread": 1.0,
@@ -48,7 +48,7 @@ class JudgeModule(ReconstructionTask):
         image_reconstructor_depth: Transformer layers of the image reconstructor.
         image_channels: Channels of the image decoder's first upsampling stage.
         image_weight: Weight of the image reconstruction term.
-        mask_families: Families (``vtsel.masking``) and their weights. ``random`` weighs most
+        mask_families: Families (``vtsel.train.masking``) and their weights. ``random`` weighs most
             by default: the gate checks the judge does not favour it over the held-out family.
             Attention-ranked families need shards with attention.
         keep_range: (low, high) keep ratios the budgets are drawn from; cover the budgets

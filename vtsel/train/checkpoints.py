@@ -1,41 +1,14 @@
-"""Reading vtsel checkpoints safely: version check and weights-only initialisation.
-
-Torch and vtsel only (no Lightning): the exporter and the inference loader use it too.
-"""
+"""Reading vtsel checkpoints safely: weights only, version checked, and found for a resume."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vtsel import __version__
-
-
-def _major(version: str) -> str:
-    return version.split(".")[0]
-
-
-def check_compatible(written: Mapping[str, Any], source: str) -> None:
-    """Refuse a checkpoint or exported config written by another major version of vtsel.
-
-    Args:
-        written: The checkpoint dict or the exported ``config.json``; both carry
-            ``vtsel_version``.
-        source: What ``written`` is and where it came from, named in the error.
-    """
-    written_by = written.get("vtsel_version")
-    if written_by is None:
-        raise ValueError(f"{source} carries no vtsel_version: it was not written by vtsel")
-    if _major(str(written_by)) != _major(__version__):
-        raise ValueError(
-            f"{source} was written by vtsel {written_by}, this is vtsel {__version__}: "
-            f"the weight layout differs between major versions; retrain or use vtsel "
-            f"{_major(str(written_by))}.x"
-        )
+from vtsel.versions import check_compatible
 
 
 def read_checkpoint(path: Path, role: str) -> dict[str, Any]:
@@ -88,7 +61,6 @@ def load_weights(module: nn.Module, path: Path) -> None:
             f"unexpected: {unexpected[:5]}"
         )
     module.load_state_dict(state)
-
 
 
 def newest_last_checkpoint(log_dir: Path, checkpoint_dirs: list[Path]) -> Path:

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from vtsel.models.selector import tokens_for_ratio, topk_mask
-from vtsel.objective import LossTerms
+from vtsel.train.objective import LossTerms
 
 METHODS = ("selector", "random")
 OBJECTIVE_TERMS = ("loss", "feature_loss", "image_loss", "keep_ratio", "regularizer")

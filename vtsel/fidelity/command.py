@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from vtsel.arglists import comma_list
-from vtsel.evaluation.runner import evaluate
+from vtsel.fidelity.runner import evaluate
 
 
 def eval_command(

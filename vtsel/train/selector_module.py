@@ -9,17 +9,17 @@ from typing import Any, Literal
 import torch
 from torch.func import functional_call
 
-from vtsel.masking import (
+from vtsel.models import FeatureSelector
+from vtsel.models.selector import MaskEstimator
+from vtsel.train.masking import (
     check_families,
     check_keep_range,
     random_keep_counts,
     sampled_topk_mask,
 )
-from vtsel.metrics import SelectionMetrics
-from vtsel.models import FeatureSelector
-from vtsel.models.selector import MaskEstimator
-from vtsel.objective import LossTerms, Regularizer, SelectionObjective
-from vtsel.task import ReconstructionTask
+from vtsel.train.metrics import SelectionMetrics
+from vtsel.train.objective import LossTerms, Regularizer, SelectionObjective
+from vtsel.train.task import ReconstructionTask
 
 Masking = Literal["selector", "decoupled"]
 # What the selector's reconstructors learn from by default: shapes of every kind, no method's.
@@ -62,7 +62,7 @@ class SelectorModule(ReconstructionTask):
             so they cannot adapt to its habits (a selector fitted jointly learned a ranking
             worse than random on real features; README, "Choices").
             ``selector`` (the paper): the selector's own Gumbel masks, jointly.
-        reconstructor_masks: Mask families (``vtsel.masking``) and their weights, for
+        reconstructor_masks: Mask families (``vtsel.train.masking``) and their weights, for
             ``decoupled``.
         keep_range: (low, high) keep ratios the drawn masks and the top-k budgets come from;
             cover the budgets that will be used (the paper's lie between 5.6% and 50%).

@@ -7,11 +7,11 @@ pass through), feature MSE and cosine over all tokens, image PSNR and SSIM, and 
 text-bearing tokens kept where text boxes are known.
 """
 
-from vtsel.evaluation.gate import GateReport, check_judge
-from vtsel.evaluation.judge import FeatureContract, Judge
-from vtsel.evaluation.lineup import BASELINES
-from vtsel.evaluation.report import Budget
-from vtsel.evaluation.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
+from vtsel.fidelity.gate import GateReport, check_judge
+from vtsel.fidelity.judge import FeatureContract, Judge
+from vtsel.fidelity.lineup import BASELINES
+from vtsel.fidelity.report import Budget
+from vtsel.fidelity.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
 
 __all__ = [
     "BASELINES",

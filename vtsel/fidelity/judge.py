@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vtsel.checkpoints import read_checkpoint
-from vtsel.judge_module import JudgeModule
-from vtsel.task import TASK_KEY
+from vtsel.train.checkpoints import read_checkpoint
+from vtsel.train.judge_module import JudgeModule
+from vtsel.train.task import TASK_KEY
 
 
 @dataclass(frozen=True)

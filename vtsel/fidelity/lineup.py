@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vtsel.evaluation.judge import FeatureContract
+from vtsel.fidelity.judge import FeatureContract
 from vtsel.inference import TokenSelector
 from vtsel.methods import METHODS, SelectionMethod, TrainedSelector
 

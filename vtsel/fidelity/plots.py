@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: nothing global, no display needed
 from torch.utils.tensorboard import SummaryWriter
 
-from vtsel.evaluation.metrics import METRICS
+from vtsel.fidelity.metrics import METRICS
 
 
 def plot_metrics(summary: list[dict], methods: Sequence[str]) -> Figure:

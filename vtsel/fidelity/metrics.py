@@ -17,7 +17,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from vtsel.objective import dropped_token_mse
+from vtsel.train.objective import dropped_token_mse
 
 
 @dataclass(frozen=True)

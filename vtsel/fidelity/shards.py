@@ -19,7 +19,7 @@ from vtsel.data.format import (
 )
 from vtsel.data.shardlist import load_shard_set
 from vtsel.data.stream import CorruptionBudget, decode_readable, image_to_tensor
-from vtsel.evaluation.judge import FeatureContract
+from vtsel.fidelity.judge import FeatureContract
 
 
 @dataclass

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vtsel.evaluation.judge import Judge
-from vtsel.masking import HELD_OUT_FAMILY, family_masks
+from vtsel.fidelity.judge import Judge
 from vtsel.models.selector import tokens_for_ratio
-from vtsel.objective import dropped_token_mse
+from vtsel.train.masking import HELD_OUT_FAMILY, family_masks
+from vtsel.train.objective import dropped_token_mse
 
 SMALL_BUDGET, LARGE_BUDGET, MIDDLE_BUDGET = 0.056, 0.50, 0.222  # the paper's, from Table 1
 MAX_BUDGET_RATIO = 0.7
