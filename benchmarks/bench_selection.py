@@ -45,7 +45,7 @@ from vtsel.methods import (  # noqa: E402
     VisionZipStyle,
     build_method,
 )
-from vtsel.models import FeatureSelector  # noqa: E402
+from vtsel.models import FeatureSelector, SelectorConfig  # noqa: E402
 
 THREADS = 1  # the machine is shared: one thread each keeps runners from starving each other
 PRESET = REPO / "conf" / "llava_next.yaml"
@@ -63,24 +63,24 @@ def llava_selector() -> TokenSelector:
     preset = yaml.safe_load(PRESET.read_text())
     model, data = preset["model"]["init_args"], preset["data"]
     torch.manual_seed(0)
-    selector = FeatureSelector(
+    selector = FeatureSelector(SelectorConfig(
         feature_dim=data["feature_dim"],
         grid_size=tuple(data["grid_size"]),
         dim=model["dim"],
         depth=model["selector_depth"],
         num_heads=model["num_heads"],
         tau=model["tau"],
-    )
+    ))
     config = {"encoder": data["encoder"], "dim": model["dim"], "depth": model["selector_depth"]}
     return TokenSelector(selector, config | {"num_heads": model["num_heads"]})
 
 
 def random_inputs(selector: TokenSelector) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (B, L, C) and two attention maps (B, 2, L) (a middle and the feature layer)."""
-    height, width = selector.selector.grid_size
+    height, width = selector.selector.config.grid_size
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(
-        BATCH, height * width, selector.selector.feature_dim, generator=generator
+        BATCH, height * width, selector.selector.config.feature_dim, generator=generator
     )
     attention = torch.randn(BATCH, 2, height * width, generator=generator).softmax(dim=-1)
     return features, attention
@@ -89,7 +89,7 @@ def random_inputs(selector: TokenSelector) -> tuple[torch.Tensor, torch.Tensor]:
 def selection_runners(selector: TokenSelector) -> dict[str, Runner]:
     """One runner per (method, budget): a call of ``select`` on the whole batch."""
     features, attention = random_inputs(selector)
-    grid = selector.selector.grid_size
+    grid = selector.selector.config.grid_size
     methods: list[SelectionMethod] = [
         build_method(name, grid=grid) if name in ("uniform", "hiprune") else build_method(name)
         for name in METHODS
@@ -159,7 +159,7 @@ def counted_flops(run: Runner) -> int:
 
 
 def selection_section(times: dict[str, list[float]], selector: TokenSelector) -> str:
-    height, width = selector.selector.grid_size
+    height, width = selector.selector.config.grid_size
     num_tokens, widths = height * width, selector.config
     method_names = list(dict.fromkeys(name.split("@")[0] for name in times))
 
@@ -175,7 +175,7 @@ def selection_section(times: dict[str, list[float]], selector: TokenSelector) ->
 
 Milliseconds per crop to choose the kept tokens (`SelectionMethod.select` on a batch of
 {BATCH} crops ÷ {BATCH}) at LLaVA-NeXT's geometry: {height}×{width} = {num_tokens} tokens of \
-{selector.selector.feature_dim} channels, random
+{selector.selector.config.feature_dim} channels, random
 float32 features; `visionzip` and `hiprune` get random softmax attention (one map, and two
 layers' maps); `visionzip + merge` also averages the dropped tokens into the contextual ones
 (`VisionZipStyle.merge`), what VisionZip hands the LLM. `selector` is a TokenSelector at

@@ -49,7 +49,7 @@ from tests.tiny_vlms import (  # noqa: E402
 )
 from vtsel.inference import TokenSelector  # noqa: E402
 from vtsel.integrations import Budget, PruningHandle, attach, prune_inputs  # noqa: E402
-from vtsel.models import FeatureSelector  # noqa: E402
+from vtsel.models import FeatureSelector, SelectorConfig  # noqa: E402
 
 THREADS = 2
 REPEATS = 3
@@ -77,7 +77,7 @@ def build() -> tuple[LlavaNextForConditionalGeneration, Any, TokenSelector]:
     inputs = processor(images=[Image.fromarray(data.astronaut())], text=[PROMPT],
                        return_tensors="pt")
     grid = (CROP // PATCH, CROP // PATCH)
-    selector = TokenSelector(FeatureSelector(TOWER.width, grid, **SELECTOR),
+    selector = TokenSelector(FeatureSelector(SelectorConfig(TOWER.width, grid, **SELECTOR)),
                              {"encoder": f"random CLIP {TOWER.layers}x{TOWER.width} at {CROP} px"})
     return model, inputs, selector
 

@@ -16,8 +16,10 @@ from tests.conftest import Exported, write_feature_shards
 from tests.test_cli import fit
 from tests.test_eval import JUDGE_TWIN
 from vtsel.cli import main
+from vtsel.flops import selector_config_of
 from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
 from vtsel.methods import TrainedSelector, build_method
+from vtsel.models import SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.train.selector_module import SelectorModule
 
@@ -186,6 +188,19 @@ def test_export_holds_the_selector_weights_only_and_the_input_contract(
                 "--encoder", "other-encoder",
             ]
         )
+
+
+def test_one_selector_config_builds_exports_loads_and_is_counted(
+    exported: Exported, trained: SelectorModule, token_selector: TokenSelector
+) -> None:
+    built = trained.selector.config
+    assert (built.dim, built.depth, built.coverage) == (32, 4, 3.0)  # tests/conf/demo.yaml
+    assert token_selector.selector.config == built
+    assert selector_config_of(exported.directory) == built
+    config = json.loads((exported.directory / CONFIG_FILE).read_text())
+    assert SelectorConfig.from_dict(config, CONFIG_FILE).to_dict() == {
+        key: config[key] for key in built.to_dict()
+    }
 
 
 def test_the_trained_selector_as_a_selection_method_keeps_what_select_keeps(

@@ -12,9 +12,9 @@ from vtsel.arglists import comma_list
 from vtsel.cli import main
 from vtsel.flops import (
     PRESETS,
-    SelectorShape,
     budget_costs,
     llm_macs,
+    selector_config_of,
     selector_macs_per_crop,
 )
 
@@ -49,9 +49,9 @@ def test_llm_cost_matches_the_papers_table1_brackets(tokens: int, bracket: int) 
 
 def test_selector_overhead_keeps_table1_brackets_and_the_21_to_10_claim() -> None:
     """§5.4: 'Considering sampler overhead, the inference cost drops from ≈21 to ≈10 TFLOPs'."""
-    shape = SelectorShape.from_source(CONF / "llava_next.yaml")
+    config = selector_config_of(CONF / "llava_next.yaml")
     costs = budget_costs(
-        PRESETS["llava-next-vicuna-7b"], sorted(PAPER_TABLE1), selector_macs_per_crop(shape)
+        PRESETS["llava-next-vicuna-7b"], sorted(PAPER_TABLE1), selector_macs_per_crop(config)
     )
     for cost in costs:
         assert round(cost.total / TERA) == PAPER_TABLE1[cost.tokens]
@@ -62,7 +62,7 @@ def test_selector_overhead_keeps_table1_brackets_and_the_21_to_10_claim() -> Non
 
 
 def test_selector_cost_is_the_hand_count_of_a_tiny_selector(tmp_path: Path) -> None:
-    shape = SelectorShape.from_source(tiny_export_config(tmp_path / "selector"))
+    config = selector_config_of(tiny_export_config(tmp_path / "selector"))
     n, c, d, hidden = 6, 8, 16, 64  # 2x3 grid, 8-wide features, width 16, MLP 4*16
     input_projection = n * c * d  # 768
     per_layer = (
@@ -72,17 +72,17 @@ def test_selector_cost_is_the_hand_count_of_a_tiny_selector(tmp_path: Path) -> N
         + 2 * n * d * hidden  # MLP up and down: 12288
     )
     head = n * d * 2  # (drop, keep) logits: 192
-    assert selector_macs_per_crop(shape) == input_projection + 2 * per_layer + head == 40128
+    assert selector_macs_per_crop(config) == input_projection + 2 * per_layer + head == 40128
 
 
 def test_selector_cost_of_the_llava_preset_is_the_papers_sampler_formula() -> None:
     """§5.3's per-crop sampler term (4n_c d² + 2n_c² d + 2n_c d m)·l_s at the preset's widths,
     plus the input projection and head the formula leaves out."""
-    shape = SelectorShape.from_source(CONF / "llava_next.yaml")
+    config = selector_config_of(CONF / "llava_next.yaml")
     n_c, d, m, l_s, c = 576, 512, 2048, 4, 1024
-    assert (shape.tokens, shape.dim, shape.depth, shape.feature_dim) == (n_c, d, l_s, c)
+    assert (config.num_tokens, config.dim, config.depth, config.feature_dim) == (n_c, d, l_s, c)
     sampler_formula = (4 * n_c * d * d + 2 * n_c * n_c * d + 2 * n_c * d * m) * l_s
-    assert selector_macs_per_crop(shape) == sampler_formula + n_c * c * d + n_c * d * 2
+    assert selector_macs_per_crop(config) == sampler_formula + n_c * c * d + n_c * d * 2
 
 
 def test_cli_prints_the_paper_budgets_with_an_exported_selector(
@@ -94,7 +94,7 @@ def test_cli_prints_the_paper_budgets_with_an_exported_selector(
     rows = read_markdown_rows(capsys.readouterr().out)
     assert [int(row[0]) for row in rows] == sorted(PAPER_TABLE1, reverse=True)
     config = json.loads((exported.directory / "config.json").read_text())
-    per_crop = selector_macs_per_crop(SelectorShape.from_source(exported.directory))
+    per_crop = selector_macs_per_crop(selector_config_of(exported.directory))
     assert config["dim"] > 0 and per_crop > 0
     for row in rows:
         tokens, keep, llm, selector, total, of_full = row
@@ -140,7 +140,7 @@ def test_a_config_without_the_architecture_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"feature_dim": 8, "grid_size": [2, 2]}))
     with pytest.raises(ValueError, match="lacks dim, depth, num_heads"):
-        SelectorShape.from_source(config)
+        selector_config_of(config)
 
 
 def test_comma_list() -> None:

@@ -28,7 +28,7 @@ from tests.tiny_vlms import (
 from vtsel.inference import TokenSelector
 from vtsel.integrations import Budget, attach, prune_inputs
 from vtsel.methods import SelectionMethod, TrainedSelector, build_method
-from vtsel.models import FeatureSelector
+from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 
 IMAGE, IMG_CONTEXT = WORDS.index("<image>"), WORDS.index("<IMG_CONTEXT>")
@@ -56,7 +56,8 @@ def build_internvl() -> tuple[Any, Any]:
 def random_selector(feature_dim: int, side: int) -> TokenSelector:
     """A TokenSelector with random weights for a side x side grid of feature_dim-wide tokens."""
     torch.manual_seed(1)
-    selector = FeatureSelector(feature_dim, (side, side), dim=16, depth=1, num_heads=2)
+    config = SelectorConfig(feature_dim, (side, side), dim=16, depth=1, num_heads=2)
+    selector = FeatureSelector(config)
     return TokenSelector(selector, {"encoder": f"random-{feature_dim}x{side}"})
 
 

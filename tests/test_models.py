@@ -6,16 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtsel.models import FeatureReconstructor, FeatureSelector, ImageReconstructor, topk_mask
+from vtsel.models import (
+    FeatureReconstructor,
+    FeatureSelector,
+    ImageReconstructor,
+    SelectorConfig,
+    topk_mask,
+)
 from vtsel.models.blocks import SelfAttention, sincos_position_embedding
 from vtsel.models.coverage import coverage_prior, farthest_point_order
 
 C, GRID, DIM = 24, (3, 5), 32
 
 
-def selector(**kwargs: object) -> FeatureSelector:
+def selector(grid: tuple[int, int] = GRID, depth: int = 2, **kwargs: object) -> FeatureSelector:
     """A small selector; without the coverage prior unless asked, so the head alone decides."""
-    return FeatureSelector(C, GRID, dim=DIM, depth=2, num_heads=4, **{"coverage": 0.0, **kwargs})
+    options = {"coverage": 0.0, **kwargs}
+    return FeatureSelector(SelectorConfig(C, grid, dim=DIM, depth=depth, num_heads=4, **options))
 
 
 def test_selector_normalises_tokens_and_scores_each() -> None:
@@ -29,12 +36,12 @@ def test_selector_normalises_tokens_and_scores_each() -> None:
 def test_coverage_prior_spreads_the_first_picks_of_an_untrained_selector() -> None:
     """With a small head the prior decides: the first picks are the farthest-point order's."""
     torch.manual_seed(0)
-    sel = FeatureSelector(C, (8, 8), dim=DIM, depth=1, num_heads=4, coverage=3.0).eval()
+    sel = selector((8, 8), depth=1, coverage=3.0).eval()
     picks = sel.scores(torch.randn(1, 64, C)).topk(4).indices[0]
     assert set(picks.tolist()) == set(farthest_point_order((8, 8))[:4].tolist())
     positions = torch.stack([picks // 8, picks % 8], -1).float()  # (4, 2) row, column
     assert torch.cdist(positions, positions).add(torch.eye(4) * 99).min() >= 3  # far apart
-    flat = FeatureSelector(C, (8, 8), dim=DIM, depth=1, num_heads=4, coverage=0.0).eval()
+    flat = selector((8, 8), depth=1).eval()
     feats = torch.randn(1, 64, C)
     head = flat.head_logits(flat.normalize(feats))
     assert torch.equal(flat.scores(feats), head[..., 1] - head[..., 0])  # no prior added

@@ -10,15 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from vtsel import __version__
-from vtsel.inference import (
-    CONFIG_FILE,
-    EXPORT_FORMAT,
-    NORMALISATION,
-    WEIGHTS_FILE,
-    weights_metadata,
-)
+from vtsel.inference import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, weights_metadata
 from vtsel.outputs import check_out_folder
 from vtsel.train.checkpoints import read_checkpoint
+from vtsel.train.selector_module import selector_config
 from vtsel.train.task import TASK_KEY
 
 SELECTOR_PREFIX = "selector."  # SelectorModule.selector; the reconstructors only train it
@@ -53,7 +48,7 @@ def export(
             f"{source} is a {written_by} checkpoint, not a selector's: it has no trained "
             f"selector to export (export a fit of conf/<preset>.yaml, not conf/judge/)"
         )
-    config = _selector_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
+    config = _export_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
     weights = _selector_weights(trained["state_dict"], source)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / WEIGHTS_FILE), metadata=weights_metadata(config))
@@ -89,20 +84,12 @@ def _encoder(trained: dict[str, Any], requested: str | None, source: Path) -> st
     return trained_on if trained_on is not None else requested
 
 
-def _selector_config(hparams: dict[str, Any], encoder: str | None) -> dict[str, Any]:
-    """config.json: the selector's input contract and architecture from the fit's hparams."""
+def _export_config(hparams: dict[str, Any], encoder: str | None) -> dict[str, Any]:
+    """config.json: format, version, the encoder, and the selector's ``SelectorConfig``."""
     return {
         "vtsel_version": __version__,
         "format": EXPORT_FORMAT,
-        "feature_dim": int(hparams["feature_dim"]),
-        "grid_size": [int(side) for side in hparams["grid_size"]],
-        "dim": int(hparams["dim"]),
-        "depth": int(hparams["selector_depth"]),
-        "num_heads": int(hparams["num_heads"]),
-        "tau": float(hparams["tau"]),
-        "coverage": float(hparams["coverage"]),  # initial weight; the trained one is a tensor
-        "estimator": hparams["estimator"],
-        "normalisation": NORMALISATION,
+        **selector_config(hparams).to_dict(),
         "encoder": encoder,
     }
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
@@ -35,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vtsel.arglists import comma_list
 from vtsel.inference import CONFIG_FILE
-from vtsel.models import FeatureSelector
+from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 
 TERA = 1e12
@@ -95,67 +94,31 @@ def llm_macs(model: LanguageModel, tokens: int) -> int:
     return model.layers * llm_layer_macs(tokens, model.hidden, model.ffn, model.ffn_matrices)
 
 
-@dataclass(frozen=True)
-class SelectorShape:
-    """The widths that decide a selector's cost (the architecture part of ``config.json``)."""
+def selector_config_of(source: str | Path) -> SelectorConfig:
+    """The selector of an export folder, its ``config.json``, or a fit preset YAML.
 
-    feature_dim: int
-    grid_size: tuple[int, int]
-    dim: int
-    depth: int
-    num_heads: int
-
-    @classmethod
-    def from_source(cls, source: str | Path) -> SelectorShape:
-        """Read the widths from an export folder, its ``config.json``, or a fit preset YAML.
-
-        A preset is resolved exactly as ``vtsel fit --config`` resolves it (defaults filled in),
-        so the widths are those the fit would train.
-        """
-        path = Path(source)
-        if path.is_dir():
-            path = path / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"selector source {source} not found: give an export folder, its {CONFIG_FILE}, "
-                f"or a fit preset such as conf/llava_next.yaml"
-            )
-        if path.suffix == ".json":
-            return cls._from_export_config(json.loads(path.read_text()), path)
-        from vtsel.train.fit import resolve_fit_config  # Lightning is only needed for presets
-
-        config = resolve_fit_config(["--config", str(path)])
-        return cls(
-            feature_dim=int(config.data.feature_dim),
-            grid_size=(int(config.data.grid_size[0]), int(config.data.grid_size[1])),
-            dim=int(config.model.init_args.dim),
-            depth=int(config.model.init_args.selector_depth),
-            num_heads=int(config.model.init_args.num_heads),
+    A preset is resolved exactly as ``vtsel fit --config`` resolves it (defaults filled in),
+    so the selector is the one the fit would train.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"selector source {source} not found: give an export folder, its {CONFIG_FILE}, "
+            f"or a fit preset such as conf/llava_next.yaml"
         )
+    if path.suffix == ".json":
+        return SelectorConfig.from_dict(json.loads(path.read_text()), str(path))
+    # Lightning is only needed for presets.
+    from vtsel.train.fit import resolve_fit_config
+    from vtsel.train.selector_module import selector_config
 
-    @classmethod
-    def _from_export_config(cls, config: dict[str, Any], path: Path) -> SelectorShape:
-        missing = [
-            key for key in ("feature_dim", "grid_size", "dim", "depth", "num_heads")
-            if key not in config
-        ]
-        if missing:
-            raise ValueError(f"{path} lacks {', '.join(missing)}: not a `vtsel export` config")
-        return cls(
-            feature_dim=int(config["feature_dim"]),
-            grid_size=(int(config["grid_size"][0]), int(config["grid_size"][1])),
-            dim=int(config["dim"]),
-            depth=int(config["depth"]),
-            num_heads=int(config["num_heads"]),
-        )
-
-    @property
-    def tokens(self) -> int:
-        """Tokens of one crop the selector scores, H*W."""
-        return self.grid_size[0] * self.grid_size[1]
+    config = resolve_fit_config(["--config", str(path)])
+    return selector_config({**config.model.init_args.as_dict(), **config.data.as_dict()})
 
 
-def selector_macs_per_crop(shape: SelectorShape) -> int:
+def selector_macs_per_crop(config: SelectorConfig) -> int:
     """Multiply-accumulates of scoring one crop: PyTorch's FLOP count of the forward, halved.
 
     The count covers every matrix product the selector runs (input projection, Q/K/V/output
@@ -163,14 +126,8 @@ def selector_macs_per_crop(shape: SelectorShape) -> int:
     LLM convention.
     """
     with torch.device("meta"):
-        selector = FeatureSelector(
-            feature_dim=shape.feature_dim,
-            grid_size=shape.grid_size,
-            dim=shape.dim,
-            depth=shape.depth,
-            num_heads=shape.num_heads,
-        )
-        features = torch.empty(1, shape.tokens, shape.feature_dim)  # (1, L, C), one crop
+        selector = FeatureSelector(config)
+        features = torch.empty(1, config.num_tokens, config.feature_dim)  # (1, L, C), one crop
     with FlopCounterMode(display=False) as counter:
         selector.scores(features)
     return counter.get_total_flops() // 2
@@ -298,7 +255,7 @@ def flops(
         if not all(0.0 < ratio <= 1.0 for ratio in ratios):
             raise ValueError(f"--keep ratios must lie in (0, 1], got {keep}")
         budgets = [tokens_for_ratio(language_model.full_tokens, ratio) for ratio in ratios]
-    per_crop = selector_macs_per_crop(SelectorShape.from_source(selector)) if selector else 0
+    per_crop = selector_macs_per_crop(selector_config_of(selector)) if selector else 0
     costs = budget_costs(language_model, budgets, per_crop)
     if markdown:
         print(markdown_table(costs))

@@ -17,14 +17,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from vtsel.models import FeatureSelector, topk_mask
+from vtsel.models import FeatureSelector, SelectorConfig, topk_mask
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.versions import check_compatible
 
 EXPORT_FORMAT = "vtsel-selector"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-NORMALISATION = "per-token layernorm (no affine)"  # what FeatureSelector.normalize does
 
 
 @dataclass
@@ -82,17 +81,7 @@ class TokenSelector(nn.Module):
                 f"it is not a selector written by `vtsel export`"
             )
         check_compatible(config, source=str(config_path))
-        _check_config_types(config, config_path)
-        selector = FeatureSelector(
-            feature_dim=config["feature_dim"],
-            grid_size=tuple(config["grid_size"]),
-            dim=config["dim"],
-            depth=config["depth"],
-            num_heads=config["num_heads"],
-            tau=config["tau"],
-            estimator=config["estimator"],
-            coverage=config["coverage"],
-        )
+        selector = FeatureSelector(SelectorConfig.from_dict(config, str(config_path)))
         weights_path = config_path.with_name(WEIGHTS_FILE)
         try:
             _check_weights_metadata(weights_path, config, config_path)
@@ -115,8 +104,9 @@ class TokenSelector(nn.Module):
                 f"features must be a torch.Tensor, got {type(features).__name__} "
                 f"(torch.from_numpy converts a numpy array)"
             )
-        height, width = self.selector.grid_size
-        num_tokens, feature_dim = height * width, self.selector.feature_dim
+        contract = self.selector.config
+        (height, width), feature_dim = contract.grid_size, contract.feature_dim
+        num_tokens = contract.num_tokens
         if features.dim() not in (2, 3) or features.shape[-2:] != (num_tokens, feature_dim):
             raise ValueError(
                 f"features of shape {tuple(features.shape)} do not fit this selector, which "
@@ -183,24 +173,6 @@ class TokenSelector(nn.Module):
         if features.dim() == 3:
             return selected
         return Selected(selected.indices[0], selected.features[0])
-
-
-def _check_config_types(config: dict[str, Any], config_path: Path) -> None:
-    """Name the key of a hand-edited config.json that holds the wrong kind of value."""
-    integers = ("feature_dim", "dim", "depth", "num_heads")
-    wrong = [key for key in integers if not _is_int(config.get(key))]
-    grid = config.get("grid_size")
-    if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(side) for side in grid)):
-        wrong.append("grid_size")
-    if wrong:
-        raise ValueError(
-            f"{config_path}: {', '.join(f'{key}={config.get(key)!r}' for key in wrong)} must be "
-            f"positive integers (grid_size two of them): re-export, or fix the file"
-        )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def weights_metadata(config: dict[str, Any]) -> dict[str, str]:

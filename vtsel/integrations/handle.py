@@ -113,11 +113,11 @@ class PruningHandle(ABC):
         """Refuse a selector (or grid method) whose width or grid the tower does not produce."""
         width, grid, gives = self._method_input()
         if scorer is not None:
-            selector = scorer.selector
-            if (selector.feature_dim, tuple(selector.grid_size)) != (width, grid):
-                height, cols = selector.grid_size
+            contract = scorer.selector.config
+            if (contract.feature_dim, contract.grid_size) != (width, tuple(grid)):
+                height, cols = contract.grid_size
                 raise ValueError(
-                    f"the selector takes a {height}x{cols} grid of {selector.feature_dim}-wide "
+                    f"the selector takes a {height}x{cols} grid of {contract.feature_dim}-wide "
                     f"tokens (encoder {scorer.config.get('encoder')}), but {gives}"
                 )
         elif getattr(self.method, "grid", None) not in (None, grid):

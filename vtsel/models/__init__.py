@@ -1,5 +1,6 @@
 """Plain ``nn.Module``s of the method (no Lightning inside): usable and exportable on their own."""
 
+from vtsel.models.config import SelectorConfig
 from vtsel.models.reconstructors import FeatureReconstructor, ImageReconstructor
 from vtsel.models.selector import FeatureSelector, Selection, topk_mask
 
@@ -8,5 +9,6 @@ __all__ = [
     "FeatureSelector",
     "ImageReconstructor",
     "Selection",
+    "SelectorConfig",
     "topk_mask",
 ]

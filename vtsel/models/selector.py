@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vtsel.models.blocks import TokenTransformer, normalize_tokens
+from vtsel.models.config import SelectorConfig
 from vtsel.models.coverage import coverage_prior
-
-MaskEstimator = Literal["gumbel", "straight_through"]
 
 
 @dataclass
@@ -36,50 +34,27 @@ class FeatureSelector(nn.Module):
     tokens (eq. 8's reconstruction term pushes every logit down early in training, and a larger
     weight lowers all but the first). 0 turns the prior off.
 
+    ``tau`` does not change which mask is drawn (hard samples keep a token with probability
+    sigmoid(keep logit) at any tau), only how the gradient spreads over the logits. The
+    ``straight_through`` estimator is softmax without Gumbel noise, hard argmax forward, soft
+    gradient backward. ``init_keep_ratio`` is set through the head's bias, so inside the band
+    (q, p) the regulariser is silent at step 0 and reconstruction alone decides which tokens
+    matter.
+
     Args:
-        feature_dim: Width C of the encoder's tokens.
-        grid_size: (H, W) token grid of one crop; L = H*W.
-        dim: Width of the transformer.
-        depth: Number of transformer layers (paper: 4).
-        num_heads: Attention heads.
-        tau: Gumbel-Softmax temperature. It does not change which mask is drawn (hard samples
-            keep a token with probability sigmoid(keep logit) at any tau), only how the
-            gradient spreads over the logits.
-        estimator: ``gumbel`` (paper) or ``straight_through`` (appendix B.1 ablation: softmax
-            without Gumbel noise, hard argmax forward, soft gradient backward).
-        init_keep_ratio: Share of tokens eq. 8's mask keeps at initialisation (prior included),
-            set through the head's bias; inside the band (q, p) the regulariser is silent at
-            step 0 and reconstruction alone decides which tokens matter.
-        coverage: Weight of the coverage prior in the keep logit.
+        config: Input contract and architecture (``SelectorConfig``).
     """
 
-    def __init__(
-        self,
-        feature_dim: int,
-        grid_size: tuple[int, int],
-        dim: int = 512,
-        depth: int = 4,
-        num_heads: int = 8,
-        tau: float = 2.0,
-        estimator: MaskEstimator = "gumbel",
-        init_keep_ratio: float = 0.5,
-        coverage: float = 3.0,
-    ) -> None:
+    def __init__(self, config: SelectorConfig) -> None:
         super().__init__()
-        if not 0.0 < init_keep_ratio < 1.0:
-            raise ValueError(f"init_keep_ratio must lie in (0, 1), got {init_keep_ratio}")
-        if coverage < 0:
-            raise ValueError(f"coverage must be >= 0, got {coverage}")
-        self.feature_dim = feature_dim
-        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
-        self.tau = tau
-        self.estimator = estimator
-        self.trunk = TokenTransformer(feature_dim, dim, depth, num_heads, self.grid_size)
-        self.coverage = float(coverage)
-        self.head = nn.Linear(dim, 2)  # logits for (drop, keep)
+        self.config = config
+        self.trunk = TokenTransformer(
+            config.feature_dim, config.dim, config.depth, config.num_heads, config.grid_size
+        )
+        self.head = nn.Linear(config.dim, 2)  # logits for (drop, keep)
         nn.init.trunc_normal_(self.head.weight, std=0.02)  # small: logits start near the bias
-        prior = coverage_prior(self.grid_size)  # (L,) on the CPU, also for a model on meta
-        keep_bias = _bias_for_keep_ratio(init_keep_ratio, self.coverage * prior)
+        prior = coverage_prior(config.grid_size)  # (L,) on the CPU, also for a model on meta
+        keep_bias = _bias_for_keep_ratio(config.init_keep_ratio, config.coverage * prior)
         self.register_buffer("prior", prior.to(self.head.weight.device), persistent=False)
         with torch.no_grad():
             self.head.bias.copy_(torch.tensor([0.0, keep_bias]))
@@ -91,7 +66,7 @@ class FeatureSelector(nn.Module):
     def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
         """(drop, keep) logits for normalised features: (B, L, C) -> (B, L, 2), prior included."""
         logits = self.head(self.trunk(normed))  # (B, L, 2)
-        prior = (self.coverage * self.prior).to(logits.dtype)  # (L,)
+        prior = (self.config.coverage * self.prior).to(logits.dtype)  # (L,)
         return logits + torch.stack([torch.zeros_like(prior), prior], dim=-1)
 
     def scores(self, feats: torch.Tensor) -> torch.Tensor:
@@ -101,9 +76,10 @@ class FeatureSelector(nn.Module):
 
     def draw_mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Hard 0/1 keep mask (B, L) from (B, L, 2) logits, differentiable by the estimator."""
-        if self.estimator == "gumbel":
-            return F.gumbel_softmax(logits, tau=self.tau, hard=True)[..., 1]
-        soft = (logits / self.tau).softmax(dim=-1)
+        tau = self.config.tau
+        if self.config.estimator == "gumbel":
+            return F.gumbel_softmax(logits, tau=tau, hard=True)[..., 1]
+        soft = (logits / tau).softmax(dim=-1)
         hard = F.one_hot(soft.argmax(dim=-1), 2).to(soft.dtype)
         return (hard - soft.detach() + soft)[..., 1]
 

@@ -96,7 +96,7 @@ class SelectionImages(L.Callback):
         random_mask = topk_mask(torch.rand(num_crops, num_tokens, generator=generator), k)
         normed = selector.normalize(feats)  # (n, L, C)
         _, image_rec = pl_module.reconstruct(normed, selector_mask)
-        grid = (num_crops, *selector.grid_size)  # (n, H, W)
+        grid = (num_crops, *selector.config.grid_size)  # (n, H, W)
         return (
             random_mask.reshape(grid),
             selector_mask.cpu().reshape(grid),

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch.func import functional_call
 
-from vtsel.models import FeatureSelector
-from vtsel.models.selector import MaskEstimator
+from vtsel.models import FeatureSelector, SelectorConfig
+from vtsel.models.config import MaskEstimator
 from vtsel.train.masking import (
     check_families,
     check_keep_range,
@@ -129,10 +129,7 @@ class SelectorModule(ReconstructionTask):
             raise ValueError(f"topk_weight must be >= 0, got {topk_weight}")
         # init_from is a path on the machine that trained; a reloaded checkpoint has the weights.
         self.save_hyperparameters(ignore=["init_from"])
-        self.selector = FeatureSelector(
-            feature_dim, self.grid, dim, selector_depth, num_heads, tau, estimator,
-            init_keep_ratio, coverage,
-        )
+        self.selector = FeatureSelector(selector_config(self.hparams))
         self.objective = SelectionObjective(p, q, alpha_p, alpha_q, regularizer, image_weight)
         self.val_metrics = SelectionMetrics(eval_keep_ratios, seed=eval_seed)
         self._start_from(init_from)
@@ -249,6 +246,21 @@ class SelectorModule(ReconstructionTask):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Keep logits (B, L) per sample key: the ranking the selector gives at inference."""
         return {"key": batch["key"], "keep_logits": self.selector.scores(batch["feats"])}
+
+
+def selector_config(hparams: Mapping[str, Any]) -> SelectorConfig:
+    """The selector a ``SelectorModule`` with these hyperparameters builds (and exports)."""
+    return SelectorConfig(
+        feature_dim=int(hparams["feature_dim"]),
+        grid_size=(int(hparams["grid_size"][0]), int(hparams["grid_size"][1])),
+        dim=int(hparams["dim"]),
+        depth=int(hparams["selector_depth"]),
+        num_heads=int(hparams["num_heads"]),
+        tau=float(hparams["tau"]),
+        estimator=hparams["estimator"],
+        init_keep_ratio=float(hparams["init_keep_ratio"]),
+        coverage=float(hparams["coverage"]),
+    )
 
 
 def _detached_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

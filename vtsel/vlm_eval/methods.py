@@ -64,7 +64,7 @@ def attach_options(model_config: Any, method: SelectionMethod) -> dict[str, str]
     """
     if not _is_internvl(model_config) or not isinstance(method, TrainedSelector):
         return {}
-    if tuple(method.selector.selector.grid_size) == tower_grid(model_config):
+    if method.selector.selector.config.grid_size == tuple(tower_grid(model_config)):
         return {"feature_stage": "before"}
     return {}
 
