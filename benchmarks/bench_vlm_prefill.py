@@ -47,8 +47,9 @@ from tests.tiny_vlms import (  # noqa: E402
     tiny_llava_next,
     word_tokenizer,
 )
+from vtsel import Budget  # noqa: E402
 from vtsel.inference import TokenSelector  # noqa: E402
-from vtsel.integrations import Budget, PruningHandle, attach, prune_inputs  # noqa: E402
+from vtsel.integrations import PruningHandle, attach, prune_inputs  # noqa: E402
 from vtsel.models import FeatureSelector, SelectorConfig  # noqa: E402
 
 THREADS = 2
@@ -98,7 +99,7 @@ def runner(
     def run() -> int:
         if keep is None:
             return prefill(model, inputs, None)
-        with attach(model, selector, Budget(ratio=keep)) as handle:
+        with attach(model, selector, Budget(keep=keep)) as handle:
             return prefill(model, inputs, handle)
 
     return run

@@ -290,7 +290,7 @@ def small_disk(tmp_path: Path):
     if subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
     yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # even with files left open
 
 
 def test_a_full_disk_is_named_once_and_the_rerun_finishes(

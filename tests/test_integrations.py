@@ -25,8 +25,9 @@ from tests.tiny_vlms import (
     tiny_llava_next,
     word_tokenizer,
 )
+from vtsel import Budget
 from vtsel.inference import TokenSelector
-from vtsel.integrations import Budget, attach, prune_inputs
+from vtsel.integrations import attach, prune_inputs
 from vtsel.methods import SelectionMethod, TrainedSelector, build_method
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
@@ -121,7 +122,7 @@ def test_llava_next_feeds_the_llm_the_budgeted_tokens(llava: Any, ratio: float) 
     per_crop = tokens_for_ratio(16, ratio)
     expected_visual = torch.tensor([3 * per_crop + 4, 5 * per_crop + 8])
 
-    with attach(model, random_selector(LLAVA_WIDTH, 4), Budget(ratio=ratio)) as handle:
+    with attach(model, random_selector(LLAVA_WIDTH, 4), Budget(keep=ratio)) as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             pruned_logits = logits(model, pruned)
@@ -142,7 +143,7 @@ def test_internvl_feeds_the_llm_the_budgeted_tokens(internvl: Any, ratio: float)
     reference = logits(model, inputs)
     expected_visual = torch.tensor([3, 1]) * tokens_for_ratio(16, ratio)
 
-    with attach(model, random_selector(4 * INTERNVL_WIDTH, 4), Budget(ratio=ratio)) as handle:
+    with attach(model, random_selector(4 * INTERNVL_WIDTH, 4), Budget(keep=ratio)) as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             pruned_logits = logits(model, pruned)
@@ -186,7 +187,7 @@ def test_llava_next_keeps_raster_order_and_row_newlines(llava: Any, newline_rows
         projected = model.model.multi_modal_projector(features)  # (3, 16, D)
     method = FirstTokens()
 
-    with attach(model, method, Budget(ratio=0.5), newline_rows=newline_rows) as handle:
+    with attach(model, method, Budget(keep=0.5), newline_rows=newline_rows) as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             logits(model, pruned)
@@ -211,7 +212,7 @@ def test_internvl_method_sees_pixel_shuffled_tiles(internvl: Any) -> None:
         projected = model.model.multi_modal_projector(merged)  # (1, 16, D)
     method = FirstTokens()
 
-    with attach(model, method, Budget(count=5)) as handle:
+    with attach(model, method, Budget(k=5)) as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             logits(model, pruned)
@@ -237,7 +238,7 @@ def test_internvl_video_frames_share_one_budget(internvl: Any) -> None:
         kept[scores.flatten().topk(budget).indices] = True  # one top-k over the whole clip
         expected = model.model.multi_modal_projector(merged[kept.view(3, 16)])
 
-    with attach(model, TrainedSelector(selector), Budget(ratio=0.25, per_image=True)) as handle:
+    with attach(model, TrainedSelector(selector), Budget(keep=0.25, per_image=True)) as handle:
         pruned = prune_inputs(handle, inputs, clips=[3])
         with language_model_inputs(model) as calls:
             generated = model.generate(**pruned, max_new_tokens=2, min_new_tokens=2)
@@ -275,9 +276,9 @@ def test_letterboxed_images_spend_the_budget_on_what_the_llm_sees(llava: Any) ->
     # (12 tokens, 6 kept at 50%), plus the base crop's 8 of 16 and 6 newlines.
     inputs = ask_llava(processor, photos((40, 56), (56, 56)))
     reference = logits(model, inputs)
-    with attach(model, build_method("uniform", grid=(4, 4)), Budget(ratio=1.0)) as handle:
+    with attach(model, build_method("uniform", grid=(4, 4)), Budget(keep=1.0)) as handle:
         assert torch.equal(logits(model, prune_inputs(handle, inputs)), reference)
-    with attach(model, build_method("uniform", grid=(4, 4)), Budget(ratio=0.5)) as handle:
+    with attach(model, build_method("uniform", grid=(4, 4)), Budget(keep=0.5)) as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             model.generate(**pruned, max_new_tokens=2, min_new_tokens=2)
@@ -292,7 +293,7 @@ def test_baselines_run_under_sdpa(family: str, name: str, request: pytest.Fixtur
     ask, token = (ask_llava, IMAGE) if family == "llava" else (ask_internvl, IMG_CONTEXT)
     inputs = ask(processor, photos((28, 56), (56, 56)))
     method = build_method(name, grid=(4, 4)) if name == "hiprune" else build_method(name)
-    with attach(model, method, Budget(ratio=0.5)) as handle:
+    with attach(model, method, Budget(keep=0.5)) as handle:
         pruned = prune_inputs(handle, inputs)
         generated = model.generate(**pruned, max_new_tokens=2, min_new_tokens=2)
         kept_tokens, full_tokens = handle.last.kept_tokens, handle.last.full_tokens
@@ -307,7 +308,7 @@ def test_the_tower_runs_once_per_batch(llava: Any) -> None:
     tower_calls = []
     hook = model.model.vision_tower.register_forward_hook(lambda *args: tower_calls.append(1))
     try:
-        with attach(model, random_selector(LLAVA_WIDTH, 4), Budget(ratio=0.4)) as handle:
+        with attach(model, random_selector(LLAVA_WIDTH, 4), Budget(keep=0.4)) as handle:
             pruned = prune_inputs(handle, inputs)
             model.generate(**pruned, max_new_tokens=2, min_new_tokens=2)
             logits(model, {**pruned, "pixel_values": pruned["pixel_values"].clone()})
@@ -350,7 +351,7 @@ def test_internvl_before_pixel_shuffle_keeps_the_blocks_with_the_best_part(inter
         kept = block_best.topk(4).indices.sort().values
         expected = model.model.multi_modal_projector(merged[kept])
 
-    with attach(model, selector, Budget(count=4), feature_stage="before") as handle:
+    with attach(model, selector, Budget(k=4), feature_stage="before") as handle:
         pruned = prune_inputs(handle, inputs)
         with language_model_inputs(model) as calls:
             logits(model, pruned)
@@ -360,13 +361,13 @@ def test_internvl_before_pixel_shuffle_keeps_the_blocks_with_the_best_part(inter
 
 def test_a_selector_of_another_width_or_grid_is_refused(llava: Any, internvl: Any) -> None:
     with pytest.raises(ValueError, match=r"4x4 grid of 16-wide.*4x4 grid of 32-wide"):
-        attach(llava[0], random_selector(16, 4), Budget(ratio=0.5))
+        attach(llava[0], random_selector(16, 4), Budget(keep=0.5))
     with pytest.raises(ValueError, match=r"6x6 grid of 32-wide.*4x4 grid of 32-wide"):
-        attach(llava[0], random_selector(32, 6), Budget(ratio=0.5))
+        attach(llava[0], random_selector(32, 6), Budget(keep=0.5))
     with pytest.raises(ValueError, match=r"4x4 grid of 64-wide.*8x8 grid of 16-wide"):
-        attach(internvl[0], random_selector(64, 4), Budget(ratio=0.5), feature_stage="before")
+        attach(internvl[0], random_selector(64, 4), Budget(keep=0.5), feature_stage="before")
     with pytest.raises(ValueError, match=r"uniform was built for grid \(24, 24\)"):
-        attach(llava[0], build_method("uniform", grid=(24, 24)), Budget(ratio=0.5))
+        attach(llava[0], build_method("uniform", grid=(24, 24)), Budget(keep=0.5))
     assert "get_image_features" not in vars(llava[0].model)  # nothing was attached
 
 
@@ -374,31 +375,31 @@ def test_budgets_that_need_scores_are_refused_for_index_methods(llava: Any) -> N
     with pytest.raises(ValueError, match="threshold budget needs per-token keep scores"):
         attach(llava[0], build_method("random"), Budget(threshold=0.0))
     with pytest.raises(ValueError, match="per_image budget needs per-token keep scores"):
-        attach(llava[0], build_method("norm"), Budget(ratio=0.3, per_image=True))
+        attach(llava[0], build_method("norm"), Budget(keep=0.3, per_image=True))
     with pytest.raises(ValueError, match=r"feature_stage='before'.*use feature_stage='after'"):
-        attach(build_internvl()[0], build_method("norm"), Budget(ratio=0.3),
+        attach(build_internvl()[0], build_method("norm"), Budget(keep=0.3),
                feature_stage="before")
 
 
 def test_attaching_twice_is_refused_and_detach_restores(llava: Any) -> None:
     model, _ = llava
-    handle = attach(model, build_method("norm"), Budget(ratio=0.5))
+    handle = attach(model, build_method("norm"), Budget(keep=0.5))
     with pytest.raises(ValueError, match="already has token pruning attached"):
-        attach(model, build_method("random"), Budget(ratio=0.5))
+        attach(model, build_method("random"), Budget(keep=0.5))
     handle.detach()
     assert "get_image_features" not in vars(model.model)
-    attach(model, build_method("random"), Budget(ratio=0.5)).detach()
+    attach(model, build_method("random"), Budget(keep=0.5)).detach()
 
 
 def test_other_models_are_refused() -> None:
     with pytest.raises(ValueError, match=r"supports LlavaNext.*got a Linear"):
-        attach(torch.nn.Linear(2, 2), build_method("random"), Budget(ratio=0.5))
+        attach(torch.nn.Linear(2, 2), build_method("random"), Budget(keep=0.5))
 
 
 def test_inputs_pruned_twice_are_refused(llava: Any) -> None:
     model, processor = llava
     inputs = ask_llava(processor, photos((28, 56)))
-    with attach(model, build_method("norm"), Budget(ratio=0.5)) as handle:
+    with attach(model, build_method("norm"), Budget(keep=0.5)) as handle:
         pruned = prune_inputs(handle, inputs)
         with pytest.raises(ValueError, match=r"input_ids hold 28 image tokens.*take 52 unpruned"):
             prune_inputs(handle, {**pruned, "pixel_values": inputs["pixel_values"]})

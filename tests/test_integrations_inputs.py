@@ -1,4 +1,4 @@
-"""The model-free parts of the integrations: budgets, keep masks, clip groups, input cutting."""
+"""The model-free parts of the integrations: keep masks, clip groups, input cutting."""
 
 from __future__ import annotations
 
@@ -6,43 +6,14 @@ import pytest
 import torch
 from transformers import BatchFeature
 
-from vtsel.integrations import Budget
+from vtsel.budget import Budget
 from vtsel.integrations.attention import attention_layers
-from vtsel.integrations.budget import keep_mask, mask_from_scores
 from vtsel.integrations.inputs import placeholder_runs, resize_placeholders
+from vtsel.integrations.masks import keep_mask
 from vtsel.integrations.video import budget_groups
 from vtsel.methods import build_method
 
 P = 9  # the placeholder id in hand-built prompts
-
-
-def test_budget_takes_exactly_one_kind() -> None:
-    with pytest.raises(ValueError, match="exactly one of ratio, count, threshold"):
-        Budget()
-    with pytest.raises(ValueError, match="exactly one of ratio, count, threshold"):
-        Budget(ratio=0.5, count=3)
-    with pytest.raises(ValueError, match=r"must lie in \(0, 1\]"):
-        Budget(ratio=1.5)
-    with pytest.raises(ValueError, match="keep at least one token"):
-        Budget(count=0)
-    with pytest.raises(ValueError, match="drop per_image"):
-        Budget(threshold=0.0, per_image=True)
-    assert Budget(ratio=0.25).tokens(10) == 2  # rounded, as training's evaluation rounds
-    assert Budget(ratio=0.01).tokens(10) == 1  # never nothing of a visible crop
-    assert Budget(count=144).tokens(100) == 100
-    assert Budget(ratio=0.5).tokens(0) == 0  # a crop wholly in the padding
-
-
-def test_scores_keep_the_top_of_each_crop_among_candidates_only() -> None:
-    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
-    candidates = torch.tensor([[False, True, True, True], [True, True, True, True]])
-    per_crop = mask_from_scores(scores, candidates, [slice(0, 2)], Budget(ratio=0.5))
-    # crop 0 has 3 candidates: round(1.5) = 2 of them, its best token is padding
-    assert per_crop.tolist() == [[False, True, True, False], [False, False, True, True]]
-    per_image = mask_from_scores(scores, candidates, [slice(0, 2)], Budget(count=3, per_image=True))
-    assert per_image.tolist() == [[False, True, False, False], [False, False, True, True]]
-    above = mask_from_scores(scores, candidates, [slice(0, 2)], Budget(threshold=2.5))
-    assert above.tolist() == [[False, True, False, False], [False, False, True, True]]
 
 
 def test_grid_methods_spread_their_budget_over_the_visible_rectangle() -> None:
@@ -51,7 +22,7 @@ def test_grid_methods_spread_their_budget_over_the_visible_rectangle() -> None:
     candidates[0, 1:3] = True  # crop 0 shows rows 1-2 only (letterboxed)
     candidates[1] = True
     keep = keep_mask(build_method("uniform", grid=(4, 4)), features, (4, 4),
-                     candidates.view(2, 16), [slice(0, 1), slice(1, 2)], Budget(count=4))
+                     candidates.view(2, 16), [slice(0, 1), slice(1, 2)], Budget(k=4))
     on_rectangle = build_method("uniform", grid=(2, 4)).positions(4)  # in the 2x4 rectangle
     expected = [[1 + int(position) // 4, int(position) % 4] for position in on_rectangle]
     assert keep[0].view(4, 4).nonzero().tolist() == expected  # not the 4x4 lattice, cut

@@ -308,7 +308,7 @@ def test_unpruned_run_scores_every_method_and_resumes(
 ) -> None:
     out = tmp_path / "eval"
     main(eval_args(tiny_llava, question_file, out, "--methods", "random,norm",
-                   "--budgets", "1.0", "--batch_size", "2"))
+                   "--keep", "1.0", "--batch_size", "2"))
     rows = read_rows(out)
     assert sorted((r["method"], r["keep"], r["id"]) for r in rows) == sorted(
         (method, 1.0, str(line)) for method in ("random", "norm") for line in range(1, 6))
@@ -321,14 +321,14 @@ def test_unpruned_run_scores_every_method_and_resumes(
         assert r["exact_match"] == exact_match(r["prediction"], answers[r["id"]])
     before = (out / PREDICTIONS_FILE).read_text()
     main(eval_args(tiny_llava, question_file, out, "--methods", "random,norm",
-                   "--budgets", "1.0", "--batch_size", "2"))
+                   "--keep", "1.0", "--batch_size", "2"))
     assert (out / PREDICTIONS_FILE).read_text() == before  # nothing regenerated
     assert "| random | " in (out / "scores.md").read_text()
     with (out / "scores.csv").open() as stream:
         assert [r["method"] for r in csv.DictReader(stream)] == ["random", "norm"]
     with pytest.raises(ValueError, match="max_new_tokens differ"):
         main(eval_args(tiny_llava, question_file, out, "--methods", "random",
-                       "--budgets", "1.0", max_new_tokens=4))
+                       "--keep", "1.0", max_new_tokens=4))
 
 
 @pytest.mark.parametrize(
@@ -336,8 +336,8 @@ def test_unpruned_run_scores_every_method_and_resumes(
     [
         (["--methods", "random,magic"], "--methods: unknown magic; valid: random"),
         (["--methods", "selector"], "give --selector <export folder>"),
-        (["--budgets", "0.5,1.5"], r"keep ratios in \(0, 1\]; got \[1.5\]"),
-        (["--budgets", "0.5,half"], "--budgets: cannot read 'half'"),
+        (["--keep", "0.5,1.5"], r"--keep takes ratios in \(0, 1\]; got \[1.5\]"),
+        (["--keep", "0.5,half"], "--keep: cannot read 'half'"),
         (["--methods", "random", "--batch_size", "0"], "--batch_size must be >= 1"),
     ],
 )
@@ -355,7 +355,7 @@ def test_pruned_run_has_a_row_per_method_budget_and_question(
     out = tmp_path / "eval"
     args = eval_args(tiny_vlm, question_file, out,
                      "--methods", "selector,random,uniform,divprune",
-                     "--selector", str(exported.directory), "--budgets", "1.0,0.5,0.25",
+                     "--selector", str(exported.directory), "--keep", "1.0,0.5,0.25",
                      "--batch_size", "3")
     main(args)
     rows = read_rows(out)
@@ -389,7 +389,7 @@ def test_a_sigkilled_evaluation_resumes_without_losing_or_repeating_rows(
     questions = write_questions(tmp_path, [records[index % len(records)] for index in range(60)])
     out = tmp_path / "eval"
     args = eval_args(tiny_llava, questions, out, "--methods", "random,norm",
-                     "--budgets", "1.0,0.5", "--batch_size", "1")
+                     "--keep", "1.0,0.5", "--batch_size", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "vtsel.cli", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

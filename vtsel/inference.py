@@ -7,7 +7,6 @@ Inference code (a VLM's serving stack) loads the folder ``vtsel export`` writes 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from vtsel.models import FeatureSelector, SelectorConfig, topk_mask
-from vtsel.models.selector import tokens_for_ratio
+from vtsel.budget import Budget, mask_from_scores
+from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.versions import check_compatible
 
 EXPORT_FORMAT = "vtsel-selector"
@@ -148,7 +147,8 @@ class TokenSelector(nn.Module):
     ) -> Selected:
         """Keep the highest-scoring tokens of raw features (B, L, C) or (L, C).
 
-        Give exactly one budget. See ``Selected`` for when the result holds tensors or lists.
+        Give exactly one budget (the fields of ``vtsel.budget.Budget``). See ``Selected`` for
+        when the result holds tensors or lists.
 
         Args:
             features: Raw encoder features, one row per crop.
@@ -159,11 +159,15 @@ class TokenSelector(nn.Module):
                 decision); the number kept then varies per crop.
             per_image: The B rows are crops of one image: spend one budget (``keep`` of all
                 B*L tokens, or ``k`` in total) across them by their logits, so an informative
-                crop keeps more than a blank one. No effect with ``threshold``.
+                crop keeps more than a blank one. Not with ``threshold``.
         """
+        budget = Budget(keep, k, threshold, per_image)
         batched = self._as_batch(features)  # (B, L, C)
+        pool = batched.shape[0] * batched.shape[1] if per_image else batched.shape[1]
+        if k is not None and k > pool:
+            raise ValueError(f"k={k} must lie in [1, {pool}], the tokens to choose from")
         keep_logits = self.scores(batched)  # (B, L)
-        keep_mask = _keep_mask(keep_logits, keep, k, threshold, per_image)  # (B, L) bool
+        keep_mask = mask_from_scores(keep_logits, budget)  # (B, L) bool
         kept_idx = [row.nonzero().squeeze(-1) for row in keep_mask]  # B x (k_i,), ascending
         kept_feats = [row[idx] for row, idx in zip(batched, kept_idx, strict=True)]  # (k_i, C)
         if threshold is None and not per_image:
@@ -193,36 +197,3 @@ def _check_weights_metadata(
             f"{config_path} says grid_size {list(config['grid_size'])}, but {weights_path} was "
             f"exported for {json.loads(recorded)}: the config was edited or mixed up"
         )
-
-
-def _keep_mask(
-    keep_logits: torch.Tensor,
-    keep: float | None,
-    k: int | None,
-    threshold: float | None,
-    per_image: bool,
-) -> torch.Tensor:
-    """Boolean keep mask (B, L) for logits (B, L) under exactly one of the three budgets."""
-    given = {"keep": keep, "k": k, "threshold": threshold}
-    if sum(value is not None for value in given.values()) != 1:
-        raise ValueError(f"give exactly one of keep, k, threshold; got {given}")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not math.isfinite(threshold):
-            raise ValueError(f"threshold={threshold!r} must be a finite number")
-        return keep_logits > threshold
-    pool = keep_logits.reshape(1, -1) if per_image else keep_logits  # (1, B*L) or (B, L)
-    budget = _budget(pool.shape[-1], keep, k)
-    return topk_mask(pool, budget).reshape(keep_logits.shape).bool()
-
-
-def _budget(num_tokens: int, keep: float | None, k: int | None) -> int:
-    """Tokens to keep out of ``num_tokens`` for a share ``keep`` or a count ``k``."""
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise ValueError(f"k={k!r} must be an int, the number of tokens to keep")
-        if not 1 <= k <= num_tokens:
-            raise ValueError(f"k={k} must lie in [1, {num_tokens}], the tokens to choose from")
-        return k
-    if isinstance(keep, bool) or not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep={keep} must lie in (0, 1]")
-    return tokens_for_ratio(num_tokens, keep)

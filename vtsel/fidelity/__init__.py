@@ -10,13 +10,11 @@ text-bearing tokens kept where text boxes are known.
 from vtsel.fidelity.gate import GateReport, check_judge
 from vtsel.fidelity.judge import FeatureContract, Judge
 from vtsel.fidelity.lineup import BASELINES
-from vtsel.fidelity.report import Budget
 from vtsel.fidelity.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
 
 __all__ = [
     "BASELINES",
     "PAPER_KEEP_RATIOS",
-    "Budget",
     "EvalReport",
     "FeatureContract",
     "GateReport",

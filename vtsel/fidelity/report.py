@@ -11,9 +11,9 @@ import csv
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from vtsel.budget import Budget
 from vtsel.fidelity.metrics import METRICS
 
 METRIC_COLUMNS = tuple(metric.name for metric in METRICS)
@@ -21,19 +21,11 @@ SAMPLE_COLUMNS = ("method", "keep_ratio", "keep_tokens", "key", "source_key", *M
 RESULT_COLUMNS = ("method", "keep_ratio", "keep_tokens", "samples", "text_samples", *METRIC_COLUMNS)
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A keep ratio and the tokens per crop it comes to (``tokens_for_ratio``)."""
-
-    ratio: float
-    tokens: int
-
-    def label(self) -> str:
-        return f"{100 * self.ratio:.3g}% ({self.tokens})"
-
-
 def summarize(
-    sample_rows: Iterable[dict], methods: Sequence[str], budgets: Sequence[Budget]
+    sample_rows: Iterable[dict],
+    methods: Sequence[str],
+    budgets: Sequence[Budget],
+    num_tokens: int,
 ) -> list[dict]:
     """One row per method x budget: each metric's mean over the crops that have it.
 
@@ -53,7 +45,7 @@ def summarize(
     summary = []
     for method in methods:
         for budget in budgets:
-            cell = (method, budget.ratio)
+            cell = (method, budget.keep)
             means = {
                 metric.name: sums[(*cell, metric.name)] / counts[(*cell, metric.name)]
                 if counts[(*cell, metric.name)]
@@ -63,8 +55,8 @@ def summarize(
             summary.append(
                 {
                     "method": method,
-                    "keep_ratio": budget.ratio,
-                    "keep_tokens": budget.tokens,
+                    "keep_ratio": budget.keep,
+                    "keep_tokens": budget.tokens(num_tokens),
                     "samples": counts[(*cell, "samples")],
                     "text_samples": counts[(*cell, "text_recall")],
                     **means,
@@ -133,7 +125,9 @@ def _parse_sample(row: dict[str, str]) -> dict:
     return parsed
 
 
-def markdown_tables(summary: list[dict], methods: Sequence[str], budgets: Sequence[Budget]) -> str:
+def markdown_tables(
+    summary: list[dict], methods: Sequence[str], budgets: Sequence[Budget], num_tokens: int
+) -> str:
     """One table per metric (methods x budgets), the best value of each column in bold.
 
     A metric no crop has (text recall without regions files) gets no table.
@@ -141,14 +135,14 @@ def markdown_tables(summary: list[dict], methods: Sequence[str], budgets: Sequen
     by_cell = {(row["method"], row["keep_ratio"]): row for row in summary}
     tables = []
     for metric in METRICS:
-        columns = [[by_cell[(m, b.ratio)][metric.name] for m in methods] for b in budgets]
+        columns = [[by_cell[(m, b.keep)][metric.name] for m in methods] for b in budgets]
         if all(math.isnan(v) for column in columns for v in column):
             continue
         direction = "higher" if metric.higher_is_better else "lower"
         lines = [
             f"### {metric.title}, {direction} is better",
             "",
-            "| method | " + " | ".join(budget.label() for budget in budgets) + " |",
+            "| method | " + " | ".join(budget.label(num_tokens) for budget in budgets) + " |",
             "|---|" + "---:|" * len(budgets),
         ]
         best = [metric.best(column) for column in columns]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vtsel.budget import Budget
 from vtsel.fidelity.gate import GateReport, check_judge
 from vtsel.fidelity.judge import Judge
 from vtsel.fidelity.lineup import Lineup, build_lineup, method_names
@@ -25,7 +26,6 @@ from vtsel.fidelity.plots import plot_metrics, write_tensorboard
 from vtsel.fidelity.report import (
     RESULT_COLUMNS,
     SAMPLE_COLUMNS,
-    Budget,
     SampleLog,
     iter_samples,
     markdown_tables,
@@ -35,7 +35,6 @@ from vtsel.fidelity.report import (
 from vtsel.fidelity.shards import EvalBatch, HeldOutShards
 from vtsel.fidelity.text_recall import TextRegions, text_recall
 from vtsel.inference import WEIGHTS_FILE
-from vtsel.models.selector import tokens_for_ratio
 
 PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2880 tokens
 SETTINGS_FILE = "eval.json"
@@ -54,6 +53,7 @@ class EvalReport:
             ``keep_ratio``, ``keep_tokens``, ``samples``, ``text_samples`` and each metric's mean.
         methods: The methods scored, in table order.
         budgets: The budgets, ascending.
+        num_tokens: Tokens of one crop, which the budgets are shares of.
         notes: Methods skipped and other caveats, also written into ``report.md``.
         gate: The judge's sanity gate on these shards (``vtsel.fidelity.gate``).
         files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
@@ -62,6 +62,7 @@ class EvalReport:
     summary: list[dict]
     methods: list[str]
     budgets: list[Budget]
+    num_tokens: int
     notes: list[str]
     gate: GateReport
     files: dict[str, Path] = field(default_factory=dict)
@@ -74,17 +75,15 @@ class EvalReport:
         raise KeyError(f"no result for method {method!r} at keep ratio {keep_ratio}")
 
 
-def keep_budgets(
-    keep: Sequence[float], paper_budgets: bool, num_tokens: int
-) -> list[Budget]:
-    """The paper's budgets (unless turned off) and ``keep``, ascending, as tokens per crop."""
+def keep_budgets(keep: Sequence[float], paper_budgets: bool) -> list[Budget]:
+    """The paper's budgets (unless turned off) and ``keep``, ascending."""
     ratios = sorted({*(PAPER_KEEP_RATIOS if paper_budgets else ()), *(float(r) for r in keep)})
     if not ratios:
         raise ValueError("no budgets: give --keep ratios or leave the paper's budgets on")
     bad = [r for r in ratios if not 0.0 < r <= 1.0]
     if bad:
         raise ValueError(f"keep ratios must lie in (0, 1], got {bad}")
-    return [Budget(ratio, tokens_for_ratio(num_tokens, ratio)) for ratio in ratios]
+    return [Budget(keep=ratio) for ratio in ratios]
 
 
 def evaluate(
@@ -144,7 +143,8 @@ def evaluate(
     )
     the_judge = Judge.from_checkpoint(judge).to(compute_device)
     grid = the_judge.contract.grid
-    budgets = keep_budgets(keep, paper_budgets, grid[0] * grid[1])
+    budgets = keep_budgets(keep, paper_budgets)
+    num_tokens = grid[0] * grid[1]
     held_out = HeldOutShards(shards, the_judge.contract, the_judge.image_size)
     lineup = build_lineup(
         names, grid, the_judge.contract, held_out.has_attention, selector, compute_device, seed
@@ -156,7 +156,7 @@ def evaluate(
             f"the judge {judge} fails its sanity gate on {shards}, so its table would not mean "
             f"anything:\n" + "\n".join(gate.lines())
         )
-    notes = lineup.notes + _range_notes(budgets, the_judge.keep_range)
+    notes = lineup.notes + _range_notes(budgets, num_tokens, the_judge.keep_range)
     settings = {
         "shards": shards,
         "judge": str(judge),
@@ -164,7 +164,7 @@ def evaluate(
         "selector": None if selector is None else str(selector),
         "selector_sha256": None if selector is None else _sha256(Path(selector) / WEIGHTS_FILE),
         "methods": list(lineup.methods),
-        "budgets": [b.ratio for b in budgets],
+        "budgets": [b.keep for b in budgets],
         "seed": seed,
         "regions": None if regions is None else str(regions),
         "text_min_cover": text_min_cover,
@@ -183,8 +183,8 @@ def evaluate(
                 progress.advance(task, len(batch.keys))
     finally:
         log.close()
-    summary = summarize(iter_samples(log.path), list(lineup.methods), budgets)
-    report = EvalReport(summary, list(lineup.methods), budgets, notes, gate)
+    summary = summarize(iter_samples(log.path), list(lineup.methods), budgets, num_tokens)
+    report = EvalReport(summary, list(lineup.methods), budgets, num_tokens, notes, gate)
     _write_files(out_dir, report, settings, tensorboard)
     return report
 
@@ -211,7 +211,8 @@ def _score_batch(
     rows = []
     for name, method in lineup.methods.items():
         for budget in budgets:
-            kept_idx = method.select(feats, budget.tokens, attention)  # (B, k)
+            tokens = budget.tokens(feats.shape[1])
+            kept_idx = method.select(feats, tokens, attention)  # (B, k)
             keep_mask = torch.zeros(feats.shape[:2], device=device).scatter_(1, kept_idx, 1.0)
             if image_metrics:
                 feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
@@ -224,8 +225,8 @@ def _score_batch(
                 rows.append(
                     {
                         "method": name,
-                        "keep_ratio": budget.ratio,
-                        "keep_tokens": budget.tokens,
+                        "keep_ratio": budget.keep,
+                        "keep_tokens": tokens,
                         "key": key,
                         "source_key": sample.meta.source_key,
                         **{metric: float(values[i]) for metric, values in scores.items()},
@@ -243,9 +244,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _range_notes(budgets: list[Budget], keep_range: tuple[float, float]) -> list[str]:
+def _range_notes(
+    budgets: list[Budget], num_tokens: int, keep_range: tuple[float, float]
+) -> list[str]:
     low, high = keep_range
-    outside = [b.label() for b in budgets if not low <= b.ratio <= high]
+    outside = [b.label(num_tokens) for b in budgets if not low <= b.keep <= high]
     if not outside:
         return []
     return [
@@ -288,7 +291,7 @@ def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard:
         plot=out_dir / "metrics.png",
     )
     write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
-    tables = markdown_tables(report.summary, report.methods, report.budgets)
+    tables = markdown_tables(report.summary, report.methods, report.budgets, report.num_tokens)
     header = _header(report.summary, settings, report.notes, report.gate)
     report.files["report"].write_text(header + tables)
     figure = plot_metrics(report.summary, report.methods)

@@ -1,8 +1,9 @@
 """Visual-token pruning inside Hugging Face VLMs, with no fine-tuning.
 
-    from vtsel.integrations import Budget, attach, prune_inputs
+    from vtsel import Budget
+    from vtsel.integrations import attach, prune_inputs
 
-    handle = attach(model, method, Budget(ratio=0.4))   # LLaVA-NeXT or InternVL, loaded as usual
+    handle = attach(model, method, Budget(keep=0.4))   # LLaVA-NeXT or InternVL, loaded as usual
     inputs = prune_inputs(handle, processor(images=..., text=..., return_tensors="pt"))
     model.generate(**inputs)                             # or model(**inputs)
     handle.detach()                                      # the model is exactly as before
@@ -12,13 +13,11 @@ exported ``TokenSelector``. ``attach`` also works as a context manager.
 """
 
 from vtsel.integrations.attach import attach, prune_inputs
-from vtsel.integrations.budget import Budget
 from vtsel.integrations.handle import Encoding, PruningHandle
 from vtsel.integrations.internvl import InternVLPruning
 from vtsel.integrations.llava_next import LlavaNextPruning
 
 __all__ = [
-    "Budget",
     "Encoding",
     "InternVLPruning",
     "LlavaNextPruning",

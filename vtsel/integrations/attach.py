@@ -13,10 +13,10 @@ from transformers import (
     LlavaNextModel,
 )
 
-from vtsel.integrations.budget import Budget, Method
 from vtsel.integrations.handle import PruningHandle
 from vtsel.integrations.internvl import InternVLPruning
 from vtsel.integrations.llava_next import LlavaNextPruning
+from vtsel.integrations.masks import Budget, Method
 
 FAMILIES: dict[tuple[type[nn.Module], ...], type[PruningHandle]] = {
     (LlavaNextForConditionalGeneration, LlavaNextModel): LlavaNextPruning,
@@ -32,7 +32,7 @@ def attach(model: nn.Module, method: Method, budget: Budget, **options: Any) -> 
             ``InternVLForConditionalGeneration`` (or their base ``...Model``), any attention
             implementation.
         method: A ``SelectionMethod`` or an exported ``TokenSelector``.
-        budget: ``Budget(ratio=...)``, ``Budget(count=...)`` or ``Budget(threshold=...)``,
+        budget: ``Budget(keep=...)``, ``Budget(k=...)`` or ``Budget(threshold=...)``,
             optionally ``per_image=True``.
         options: Family options: ``newline_rows`` (LLaVA-NeXT), ``feature_stage`` (InternVL).
 

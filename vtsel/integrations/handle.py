@@ -24,14 +24,15 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from vtsel.budget import Budget
 from vtsel.integrations.attention import (
     attention_layers,
     attention_parts,
     encoder_layers,
     feature_layer_index,
 )
-from vtsel.integrations.budget import Budget, Method, check_budget, scorer_of
 from vtsel.integrations.inputs import resize_placeholders
+from vtsel.integrations.masks import Method, check_budget, scorer_of
 
 
 @dataclass

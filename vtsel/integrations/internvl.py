@@ -23,15 +23,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vtsel.budget import Budget, mask_from_scores
 from vtsel.integrations.attention import (
     attention_layers,
     encoder_layers,
     feature_layer_index,
     method_attention,
 )
-from vtsel.integrations.budget import Budget, Method, keep_mask, mask_from_scores, scorer_of
 from vtsel.integrations.handle import Encoding, PruningHandle
 from vtsel.integrations.inputs import placeholder_runs
+from vtsel.integrations.masks import Method, keep_mask, scorer_of
 from vtsel.integrations.video import budget_groups
 
 FeatureStage = Literal["after", "before"]
@@ -168,7 +169,7 @@ class InternVLPruning(PruningHandle):
         else:
             fine_scores = scorer_of(self.method).scores(fine)  # (N, L)
             block_scores = self._merge(fine_scores[..., None]).amax(dim=-1)  # (N, L')
-            keep = mask_from_scores(block_scores, candidates, groups, self.budget)
+            keep = mask_from_scores(block_scores, self.budget, candidates, groups)
         projected = self.base.multi_modal_projector(merged[keep])  # (K, D) tile by tile
         # (K, 1, D): one entry per token, so generate()'s beam expansion, which regroups entries
         # by each prompt's placeholder count, splits tiles of any kept counts at prompt bounds

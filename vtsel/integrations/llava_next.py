@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
+from vtsel.budget import Budget
 from vtsel.integrations.anyres import NEWLINE, AnyresLayout, NewlineRows, anyres_layout
 from vtsel.integrations.attention import (
     attention_layers,
@@ -36,8 +37,8 @@ from vtsel.integrations.attention import (
     feature_layer_index,
     method_attention,
 )
-from vtsel.integrations.budget import Budget, Method, keep_mask
 from vtsel.integrations.handle import Encoding, PruningHandle
+from vtsel.integrations.masks import Method, keep_mask
 from vtsel.integrations.video import budget_groups
 
 

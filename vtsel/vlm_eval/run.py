@@ -52,7 +52,7 @@ def vlm_eval(
     questions: str,
     out: str,
     methods: str = "selector,random",
-    budgets: str = "1.0,0.5,0.25,0.1",
+    keep: str = "1.0,0.5,0.25,0.1",
     selector: str | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 32,
@@ -76,7 +76,7 @@ def vlm_eval(
         out: Output folder; rerunning into it resumes.
         methods: Comma-separated selection methods (``selector``, ``random``, ``uniform``,
             ``norm``, ``divprune``, ``visionzip``, ``hiprune``; see ``vtsel.methods``).
-        budgets: Comma-separated keep ratios in (0, 1] of each crop's visual tokens.
+        keep: Comma-separated keep ratios in (0, 1] of each crop's visual tokens.
         selector: Folder of an exported selector (``vtsel export``), needed by ``selector``.
         batch_size: Questions per generate call.
         max_new_tokens: Longest answer generated.
@@ -89,7 +89,7 @@ def vlm_eval(
         seed: Seed of the ``random`` method.
     """
     method_names = comma_list(methods, str, "--methods")
-    keeps = comma_list(budgets, float, "--budgets")
+    keeps = comma_list(keep, float, "--keep")
     _check_plan(method_names, keeps, selector, batch_size)
     question_list = load_questions(questions)  # every line checked before the model loads
     vlm_module = _vlm_module()
@@ -112,9 +112,9 @@ def vlm_eval(
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         evaluation = _Evaluation(vlm, methods, store, batch_size, max_new_tokens, progress)
-        for keep in sorted(keeps, reverse=True):
+        for ratio in sorted(keeps, reverse=True):
             for method_name in method_names:
-                evaluation.run(method_name, keep, question_list)
+                evaluation.run(method_name, ratio, question_list)
     scores = summarize(store.rows.values())
     write_scores_csv(scores, store.folder / SCORES_CSV)
     tables = markdown_tables(scores)
@@ -144,9 +144,9 @@ def _check_plan(
         raise ValueError(f"--methods lists a method twice: {','.join(method_names)}")
     bad_keeps = [keep for keep in keeps if not 0.0 < keep <= 1.0]
     if bad_keeps:
-        raise ValueError(f"--budgets are keep ratios in (0, 1]; got {bad_keeps}")
+        raise ValueError(f"--keep takes ratios in (0, 1]; got {bad_keeps}")
     if len(set(keeps)) != len(keeps):
-        raise ValueError(f"--budgets lists a ratio twice: {keeps}")
+        raise ValueError(f"--keep lists a ratio twice: {keeps}")
     if "selector" in method_names and selector is None:
         raise ValueError("--methods includes selector: give --selector <export folder>")
     if batch_size < 1:
@@ -182,11 +182,12 @@ class _Evaluation:
         if keep == FULL_KEEP:
             self._unpruned(method_name, todo, task)
             return
-        from vtsel.integrations import Budget, attach, prune_inputs
+        from vtsel import Budget
+        from vtsel.integrations import attach, prune_inputs
 
         method = self.methods[method_name]
         options = attach_options(self.vlm.model.config, method)
-        handle = attach(self.vlm.model, method, Budget(ratio=keep), **options)
+        handle = attach(self.vlm.model, method, Budget(keep=keep), **options)
         try:
             for batch in _batches(todo, self.batch_size):
                 replies = self.vlm.answer(batch, self.max_new_tokens, partial(prune_inputs, handle))

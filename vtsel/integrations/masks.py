@@ -6,65 +6,23 @@ unpad drops the letterbox padding of its high-resolution crops), and the groups 
 share one budget (an image, or a video's frames). This module decides the keep mask (N, L) from
 those, for any method, so the families only lay out what is kept.
 
-Budgets count **candidate** tokens (the ones the LLM would receive): a ratio of 0.4 keeps 40% of
-what the unpruned model feeds the LLM, not 40% of a crop that is half padding.
+Budgets (``vtsel.budget``) count **candidate** tokens (the ones the LLM would receive):
+``Budget(keep=0.4)`` keeps 40% of what the unpruned model feeds the LLM, not 40% of a crop that
+is half padding.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from itertools import groupby
 
 import torch
 
+from vtsel.budget import Budget, mask_from_scores
 from vtsel.inference import TokenSelector
 from vtsel.methods import SelectionMethod, TrainedSelector
-from vtsel.models.selector import tokens_for_ratio
 
 Method = SelectionMethod | TokenSelector
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How many visual tokens to keep: exactly one of ``ratio``, ``count``, ``threshold``.
-
-    Args:
-        ratio: Share of each crop's tokens to keep, in (0, 1] (at least one token).
-        count: Tokens to keep per crop (fewer if a crop has fewer).
-        threshold: Keep every token whose keep logit exceeds it (0 = the selector's own
-            decision); score-based methods only, and the number kept varies with the content.
-        per_image: Spend one budget (``ratio`` of all the image's tokens, or ``count`` in
-            total) across all crops of an image, or all frames of a clip, by score: a
-            busy crop keeps more than a blank one. Score-based methods only.
-    """
-
-    ratio: float | None = None
-    count: int | None = None
-    threshold: float | None = None
-    per_image: bool = False
-
-    def __post_init__(self) -> None:
-        given = {"ratio": self.ratio, "count": self.count, "threshold": self.threshold}
-        if sum(value is not None for value in given.values()) != 1:
-            raise ValueError(f"give exactly one of ratio, count, threshold; got {given}")
-        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"Budget(ratio={self.ratio}): the ratio must lie in (0, 1]")
-        if self.count is not None and self.count < 1:
-            raise ValueError(f"Budget(count={self.count}): keep at least one token")
-        if self.threshold is not None and self.per_image:
-            raise ValueError("Budget(threshold=..., per_image=True): a threshold has no budget "
-                             "to share across crops; drop per_image")
-
-    def tokens(self, available: int) -> int:
-        """Tokens to keep out of ``available`` candidates (none when there are none)."""
-        if available == 0:
-            return 0
-        if self.ratio is not None:
-            return tokens_for_ratio(available, self.ratio)
-        if self.count is not None:
-            return min(self.count, available)
-        raise ValueError("a threshold budget keeps a content-dependent number of tokens")
 
 
 def scorer_of(method: Method) -> TokenSelector | None:
@@ -83,7 +41,7 @@ def check_budget(method: Method, budget: Budget) -> None:
         raise ValueError(
             f"a {kind} budget needs per-token keep scores, which only the trained selector "
             f"(TokenSelector or TrainedSelector) gives; {type(method).__name__} returns indices. "
-            f"Use Budget(ratio=...) or Budget(count=...) per crop with it"
+            f"Use Budget(keep=...) or Budget(k=...) per crop with it"
         )
 
 
@@ -112,33 +70,8 @@ def keep_mask(
     check_budget(method, budget)
     scorer = scorer_of(method)
     if scorer is not None:
-        return mask_from_scores(scorer.scores(features), candidates, groups, budget)
+        return mask_from_scores(scorer.scores(features), budget, candidates, groups)
     return _mask_from_indices(method, features, grid, candidates, budget, attention)
-
-
-def mask_from_scores(
-    scores: torch.Tensor, candidates: torch.Tensor, groups: list[slice], budget: Budget
-) -> torch.Tensor:
-    """Keep mask (N, L) from keep scores (N, L): top of each crop, of each group, or above a
-    threshold, among ``candidates`` only."""
-    if budget.threshold is not None:
-        return (scores > budget.threshold) & candidates
-    ranked = scores.float().masked_fill(~candidates, float("-inf"))  # (N, L)
-    keep = torch.zeros_like(candidates)
-    if budget.per_image:
-        for rows in groups:
-            pool = ranked[rows].flatten()  # (n*L,) the group's crops side by side
-            budget_tokens = budget.tokens(int(candidates[rows].sum()))
-            group_keep = torch.zeros_like(pool, dtype=torch.bool)
-            group_keep[pool.topk(budget_tokens).indices] = True
-            keep[rows] = group_keep.view_as(keep[rows])
-        return keep
-    per_crop = torch.tensor(
-        [budget.tokens(available) for available in candidates.sum(dim=1).tolist()],
-        device=scores.device,
-    )  # (N,)
-    rank = ranked.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (N, L) 0 = best
-    return rank < per_crop[:, None]
 
 
 def _mask_from_indices(
