@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import Exported, MakeShards
 from tests.extract_support import write_photos
 from vtsel.cli import TOOLS, main, run_command
-from vtsel.data.format import FeatureContractError
+from vtsel.contract import FeatureContractError
 
 TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
 LOSS_TAGS = {
@@ -141,7 +141,8 @@ def test_init_from_refuses_another_version_and_another_width(
 def test_shards_of_another_width_stop_the_fit_naming_the_shard(
     shards: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(FeatureContractError, match=r"shard-000000\.tar.*32 wide.*feature_dim=48"):
+    message = r"shard-000000\.tar holds .*32-wide.*config expects .*48-wide"
+    with pytest.raises(FeatureContractError, match=message):
         fit(TWINS[0], shards, tmp_path / "runs", "--data.feature_dim", "48")
 
 

@@ -18,9 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import Exported, write_feature_shards
 from tests.test_cli import fit
 from vtsel.cli import main
+from vtsel.contract import FeatureContractError
 from vtsel.data.format import (
     SHARD_PATTERN,
-    FeatureContractError,
     SampleMeta,
     encode_sample,
     write_sizes,

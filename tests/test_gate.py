@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vtsel.contract import FeatureContract
 from vtsel.fidelity import Judge
 from vtsel.fidelity.gate import FAVOUR_TOLERANCE, GateReport, _failures, check_judge
-from vtsel.fidelity.judge import FeatureContract
 from vtsel.train.judge_module import JudgeModule
 from vtsel.train.masking import HELD_OUT_FAMILY
 
@@ -35,7 +35,7 @@ class KnownJudge(Judge):
     def __init__(self, rule: str) -> None:
         module = JudgeModule(feature_dim=C, grid_size=GRID, image_size=16, dim=16, num_heads=2,
                              image_channels=16)
-        super().__init__(module, FeatureContract("test", C, GRID), Path("known"))
+        super().__init__(module, FeatureContract(C, GRID, "test"), Path("known"))
         self.rule = rule
 
     def reconstruct_features(self, normed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

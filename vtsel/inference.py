@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vtsel.budget import Budget, mask_from_scores
+from vtsel.contract import FeatureContract
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.versions import check_compatible
 
@@ -94,6 +95,12 @@ class TokenSelector(nn.Module):
         except RuntimeError as err:
             raise ValueError(f"{weights_path} does not fit {config_path}: {err}") from err
         return cls(selector, config)
+
+    @property
+    def contract(self) -> FeatureContract:
+        """The features ``select`` takes: the selector's grid and width, from its encoder."""
+        config = self.selector.config
+        return FeatureContract(config.feature_dim, config.grid_size, self.config.get("encoder"))
 
     def _as_batch(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L, C) or (L, C) features as (B, L, C), after checking they are a non-empty,

@@ -17,6 +17,7 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from vtsel.contract import FeatureContract
 from vtsel.extract.crops import CenterCrop
 from vtsel.extract.encoders import OpenClipEncoder, VisionEncoder
 from vtsel.extract.run import extraction_parts
@@ -164,25 +165,19 @@ def _load(path: Path) -> Image.Image:
 def _check_contract(encoder: VisionEncoder, selector: TokenSelector, config_path: Path) -> None:
     """Refuse an encoder whose tokens the selector cannot take; warn if it is another one."""
     config = selector.config
-    wanted = (config["feature_dim"], tuple(config["grid_size"]))
-    given = (encoder.feature_dim, encoder.grid)
-    if given != wanted:
-        raise ValueError(
-            f"encoder {encoder.encoder_id} gives {_describe(*given)}, but the selector of "
-            f"{config_path} takes {_describe(*wanted)} (encoder {config.get('encoder')!r}): "
-            f"pick the encoder it was trained on with --extraction or --model_name/"
-            f"--pretrained/--layer"
-        )
+    # Another encoder id only warns (below): an encoder of the same shape may stand in.
+    FeatureContract(selector.contract.feature_dim, selector.contract.grid).check(
+        FeatureContract(encoder.feature_dim, encoder.grid), f"encoder {encoder.encoder_id} gives",
+        f"the selector of {config_path} (encoder {config.get('encoder')!r}) takes",
+        "pick the encoder it was trained on with --extraction or --model_name/--pretrained/"
+        "--layer",
+    )
     if config.get("encoder") not in (None, encoder.encoder_id):
         warnings.warn(
             f"the selector of {config_path} was trained on features of {config['encoder']!r}, "
             f"and these come from {encoder.encoder_id!r}: the selection may mean little",
             stacklevel=3,
         )
-
-
-def _describe(feature_dim: int, grid: tuple[int, int]) -> str:
-    return f"{feature_dim}-wide tokens on a {grid[0]}x{grid[1]} grid"
 
 
 def _figure(

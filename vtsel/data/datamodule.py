@@ -12,6 +12,7 @@ import lightning as L
 import torch.distributed as dist
 import webdataset as wds
 
+from vtsel.contract import FeatureContract
 from vtsel.data.manifest import check_manifest, find_manifest
 from vtsel.data.shardlist import ShardSet, is_remote, load_shard_set
 from vtsel.data.stream import SampleSpec, train_stream, val_stream
@@ -98,7 +99,8 @@ class FeatureShardDataModule(L.LightningDataModule):
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.test_shards = test_shards
-        self.sample_spec = SampleSpec(feature_dim, tuple(grid_size), image_size, encoder)
+        contract = FeatureContract(feature_dim, tuple(grid_size), encoder)
+        self.sample_spec = SampleSpec(contract, image_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
@@ -173,8 +175,7 @@ class FeatureShardDataModule(L.LightningDataModule):
         for folder in folders:
             manifest = find_manifest(folder)
             if manifest is not None:
-                spec = self.sample_spec
-                check_manifest(manifest, spec.feature_dim, spec.grid_size, spec.encoder)
+                check_manifest(manifest, self.sample_spec.contract)
             else:
                 log.warning(
                     "%s has no manifest.json (nor has its parent): shards from before manifests "

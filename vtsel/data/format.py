@@ -36,19 +36,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vtsel.contract import FeatureContract, FeatureContractError
+
 FEATS = "feats.npy"
 IMAGE = "image.png"
 META = "meta.json"
 ATTN = "attn.npy"
 SIZES_FILE = "sizes.json"
 SHARD_PATTERN = "shard-%06d.tar"
-
-
-class FeatureContractError(ValueError):
-    """The shards hold features of another shape or encoder than the config expects.
-
-    Not a corrupt sample to skip: every sample would fail the same way, so training must stop.
-    """
 
 
 class CorruptSampleError(ValueError):
@@ -187,6 +182,11 @@ class DecodedSample:
     meta: SampleMeta
     attention: np.ndarray | None = None  # (L,) float32, when the shard stores it
 
+    @property
+    def contract(self) -> FeatureContract:
+        """The features this sample holds, to check against a model's contract."""
+        return FeatureContract(self.feats.shape[1], self.meta.grid, self.meta.encoder)
+
 
 def decode_sample(raw: dict[str, Any]) -> DecodedSample:
     """Parse one raw WebDataset sample; raise ``CorruptSampleError`` naming shard and key."""
@@ -207,6 +207,11 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
         raise CorruptSampleError(f"{where} cannot be decoded: {err}") from err
     if feats.ndim != 2:
         raise CorruptSampleError(f"{where} has feats of shape {feats.shape}, expected (L, C)")
+    if feats.shape[0] != meta.grid[0] * meta.grid[1]:
+        raise CorruptSampleError(
+            f"{where} has {feats.shape[0]} tokens, but its meta.json grid {meta.grid[0]}x"
+            f"{meta.grid[1]} needs {meta.grid[0] * meta.grid[1]}"
+        )
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=1).sum())
         raise CorruptSampleError(f"{where} has non-finite (NaN/Inf) features in {bad} token(s)")
@@ -218,33 +223,6 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
             f"({feats.shape[0]},) finite"
         )
     return DecodedSample(feats, image.convert("RGB"), meta, attention)
-
-
-def check_contract(
-    sample: DecodedSample,
-    where: str,
-    feature_dim: int,
-    grid: tuple[int, int],
-    encoder: str | None,
-) -> None:
-    """Raise ``FeatureContractError`` if a sample's features do not fit the configured model."""
-    num_tokens, width = sample.feats.shape
-    h, w = grid
-    if width != feature_dim:
-        raise FeatureContractError(
-            f"{where}: features are {width} wide but the config says feature_dim={feature_dim} "
-            f"(encoder in meta.json: {sample.meta.encoder!r}). Extract features with the encoder "
-            f"the config is for, or use the config that matches these shards."
-        )
-    if num_tokens != h * w:
-        raise FeatureContractError(
-            f"{where}: {num_tokens} tokens but the config's grid_size {h}x{w} needs {h * w}"
-        )
-    if encoder is not None and sample.meta.encoder != encoder:
-        raise FeatureContractError(
-            f"{where}: extracted with encoder {sample.meta.encoder!r} but the config expects "
-            f"{encoder!r}"
-        )
 
 
 def read_sizes(shard_dir: Path) -> dict[str, int]:

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vtsel.data.format import FeatureContractError, write_atomically
+from vtsel.contract import FeatureContract
+from vtsel.data.format import write_atomically
 
 MANIFEST_FILE = "manifest.json"
 # Bumped when a reader of an older vtsel could misread the shards.
@@ -56,6 +57,10 @@ class Manifest:
     target_size: int
     config: dict[str, Any]
     inputs: dict[str, Any]
+
+    @property
+    def contract(self) -> FeatureContract:
+        return FeatureContract(self.feature_dim, self.grid, self.encoder)
 
     @property
     def config_hash(self) -> str:
@@ -106,24 +111,12 @@ def find_manifest(shard_dir: Path) -> Path | None:
     return None
 
 
-def check_manifest(
-    path: Path, feature_dim: int, grid: tuple[int, int], encoder: str | None
-) -> Manifest:
-    """Raise ``FeatureContractError`` naming ``path`` and both values if the shards it describes
-    cannot feed a model of this width, grid (and encoder, when one is configured)."""
+def check_manifest(path: Path, contract: FeatureContract) -> Manifest:
+    """Raise ``FeatureContractError`` naming ``path`` if the shards it describes cannot feed a
+    model of this contract (the encoder is compared when the config names one)."""
     manifest = read_manifest(path)
-    mismatches = [
-        f"{name} is {theirs!r} there but {ours!r} in the config"
-        for name, theirs, ours in (
-            ("feature_dim", manifest.feature_dim, feature_dim),
-            ("grid", list(manifest.grid), list(grid)),
-            ("encoder", manifest.encoder, encoder if encoder is not None else manifest.encoder),
-        )
-        if theirs != ours
-    ]
-    if mismatches:
-        raise FeatureContractError(
-            f"{path} does not match the training config: {'; '.join(mismatches)}. Extract "
-            f"features with the encoder the config is for, or use the config for these shards."
-        )
+    contract.check(
+        manifest.contract, f"{path} describes", "the training config expects",
+        "extract features with the encoder the config is for, or use the config for these shards",
+    )
     return manifest

@@ -20,14 +20,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from vtsel.data.format import (
-    SIZES_FILE,
-    CorruptSampleError,
-    DecodedSample,
-    FeatureContractError,
-    check_contract,
-    decode_sample,
-)
+from vtsel.contract import FeatureContract, FeatureContractError
+from vtsel.data.format import SIZES_FILE, CorruptSampleError, DecodedSample, decode_sample
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +32,8 @@ Sample = dict[str, Any]
 class SampleSpec:
     """What every sample must look like to feed the configured model."""
 
-    feature_dim: int
-    grid_size: tuple[int, int]
+    contract: FeatureContract
     image_size: int
-    encoder: str | None
 
 
 class CorruptionBudget:
@@ -137,25 +129,38 @@ def decode_and_check(
 ) -> Iterator[Sample]:
     """Raw tar members -> tensors; skip corrupt samples, stop at once on a contract breach."""
     for url, key, sample in decode_readable(raw_samples, budget):
-        check_contract(sample, f"sample {key!r} in {url}", spec.feature_dim, spec.grid_size,
-                       spec.encoder)
-        decoded = {
-            "feats": torch.from_numpy(sample.feats),  # (L, C)
-            "image": image_to_tensor(sample.image, spec.image_size),  # (3, S, S)
-            "key": key,
-        }
-        if sample.attention is not None:
-            decoded["attention"] = torch.from_numpy(sample.attention)  # (L,)
-        yield decoded
+        spec.contract.check(
+            sample.contract, f"sample {key!r} in {url} holds", "the config expects",
+            "extract features with the encoder the config is for, or use the config that "
+            "matches these shards",
+        )
+        yield sample_tensors(key, sample, spec.image_size)
+
+
+def sample_tensors(key: str, sample: DecodedSample, image_size: int) -> Sample:
+    """One decoded sample as the tensors a batch stacks (``collate``)."""
+    tensors = {
+        "feats": torch.from_numpy(sample.feats),  # (L, C)
+        "image": image_to_tensor(sample.image, image_size),  # (3, S, S)
+        "key": key,
+    }
+    if sample.attention is not None:
+        tensors["attention"] = torch.from_numpy(sample.attention)  # (L,)
+    return tensors
 
 
 def collate(samples: list[Sample]) -> Sample:
-    """Stack samples; ``attention`` only if every sample has it (one extraction's shards do)."""
-    batch = {
+    """Stack samples; ``attention`` only if every sample has it (one extraction's shards do).
+
+    Entries other than the tensors (``key``, and ``meta`` where an evaluation adds it) become
+    lists in sample order.
+    """
+    batch: Sample = {
         "feats": torch.stack([s["feats"] for s in samples]),  # (B, L, C)
         "image": torch.stack([s["image"] for s in samples]),  # (B, 3, S, S)
-        "key": [s["key"] for s in samples],
     }
+    for name in samples[0].keys() - {"feats", "image", "attention"}:
+        batch[name] = [s[name] for s in samples]
     with_attention = [s["key"] for s in samples if "attention" in s]
     if len(with_attention) == len(samples):
         batch["attention"] = torch.stack([s["attention"] for s in samples])  # (B, L)
@@ -168,8 +173,9 @@ def collate(samples: list[Sample]) -> Sample:
     return batch
 
 
-def _read_tars(budget: CorruptionBudget) -> list[Any]:
-    """Shard dicts -> raw samples, unreadable tars counted against ``budget``."""
+def read_tars(budget: CorruptionBudget) -> list[Any]:
+    """Pipeline stages: shard dicts -> raw samples, unreadable tars counted against
+    ``budget``."""
     return [budget.track_shards, wds.tarfile_to_samples(handler=budget.skip_tar_error)]
 
 
@@ -234,7 +240,7 @@ def train_stream(
         partial(split_by_rank, rank=rank, world_size=world_size),
         wds.split_by_worker,
         wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed),
-        *_read_tars(budget),
+        *read_tars(budget),
         partial(check_tar_sizes, sizes=sizes, budget=budget),
         # raw bytes are shuffled, not decoded tensors: a buffer of them takes far less memory.
         # Per-rank seed: ranks read different samples, so they need not shuffle in lockstep.
@@ -257,7 +263,7 @@ def val_stream(
         partial(budget.epoch, wds.SimpleShardList(urls)),
         partial(split_by_rank, rank=rank, world_size=world_size),
         wds.split_by_worker,
-        *_read_tars(budget),
+        *read_tars(budget),
         partial(decode_and_check, spec=spec, budget=budget),
         wds.batched(batch_size, partial=True, collation_fn=collate),
     )

@@ -8,7 +8,7 @@ text-bearing tokens kept where text boxes are known.
 """
 
 from vtsel.fidelity.gate import GateReport, check_judge
-from vtsel.fidelity.judge import FeatureContract, Judge
+from vtsel.fidelity.judge import Judge
 from vtsel.fidelity.lineup import BASELINES
 from vtsel.fidelity.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
 
@@ -16,7 +16,6 @@ __all__ = [
     "BASELINES",
     "PAPER_KEEP_RATIOS",
     "EvalReport",
-    "FeatureContract",
     "GateReport",
     "Judge",
     "JudgeGateError",

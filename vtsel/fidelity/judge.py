@@ -9,28 +9,15 @@ selector had a hand in it.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vtsel.contract import FeatureContract
 from vtsel.train.checkpoints import read_checkpoint
 from vtsel.train.judge_module import JudgeModule
 from vtsel.train.task import TASK_KEY
-
-
-@dataclass(frozen=True)
-class FeatureContract:
-    """The features a judge (or a selector) was trained on: what the shards must hold."""
-
-    encoder: str | None
-    feature_dim: int
-    grid: tuple[int, int]
-
-    def describe(self) -> str:
-        height, width = self.grid
-        return f"encoder {self.encoder!r}, {height}x{width} grid of {self.feature_dim}-wide tokens"
 
 
 class Judge(nn.Module):
@@ -74,7 +61,7 @@ class Judge(nn.Module):
         module.load_state_dict(checkpoint["state_dict"])
         encoder = checkpoint.get("datamodule_hyper_parameters", {}).get("encoder")
         grid = (int(hparams["grid_size"][0]), int(hparams["grid_size"][1]))
-        return cls(module, FeatureContract(encoder, int(hparams["feature_dim"]), grid), source)
+        return cls(module, FeatureContract(int(hparams["feature_dim"]), grid, encoder), source)
 
     @property
     def image_size(self) -> int:

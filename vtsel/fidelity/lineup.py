@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vtsel.fidelity.judge import FeatureContract
+from vtsel.contract import FeatureContract
 from vtsel.inference import TokenSelector
 from vtsel.methods import METHODS, SelectionMethod, TrainedSelector
 
@@ -82,17 +82,9 @@ def build_lineup(
 def _load_selector(directory: str | Path, contract: FeatureContract) -> TokenSelector:
     """The exported selector, refused if it was trained on other features than the judge."""
     selector = TokenSelector.from_pretrained(directory)
-    config = selector.config
-    found = FeatureContract(
-        config.get("encoder"), int(config["feature_dim"]), tuple(config["grid_size"])
+    contract.check(
+        selector.contract, f"the selector in {directory} was trained on",
+        "the judge and shards are", "evaluate it on its own encoder's features",
     )
-    encoders_differ = None not in (found.encoder, contract.encoder) and (
-        found.encoder != contract.encoder
-    )
-    if encoders_differ or (found.feature_dim, found.grid) != (contract.feature_dim, contract.grid):
-        raise ValueError(
-            f"the selector in {directory} was trained on {found.describe()}, but the judge and "
-            f"shards are {contract.describe()}: evaluate it on its own encoder's features"
-        )
     return selector
 

@@ -204,7 +204,7 @@ def _score_batch(
     attention = None if batch.attention is None else batch.attention.to(device)
     normed = judge.normalize(feats)  # (B, L, C)
     text_tokens = (
-        text_regions.text_tokens([s.meta for s in batch.samples]).to(device)
+        text_regions.text_tokens(batch.metas).to(device)
         if text_regions is not None
         else torch.zeros(feats.shape[:2], dtype=torch.bool, device=device)
     )  # (B, L)
@@ -221,14 +221,14 @@ def _score_batch(
                 feats_rec = judge.reconstruct_features(normed, keep_mask)
                 scores = reconstruction_scores(feats_rec, normed, keep_mask)
             scores["text_recall"] = text_recall(keep_mask, text_tokens)
-            for i, (key, sample) in enumerate(zip(batch.keys, batch.samples, strict=True)):
+            for i, (key, meta) in enumerate(zip(batch.keys, batch.metas, strict=True)):
                 rows.append(
                     {
                         "method": name,
                         "keep_ratio": budget.keep,
                         "keep_tokens": tokens,
                         "key": key,
-                        "source_key": sample.meta.source_key,
+                        "source_key": meta.source_key,
                         **{metric: float(values[i]) for metric, values in scores.items()},
                     }
                 )

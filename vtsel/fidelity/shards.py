@@ -1,8 +1,9 @@
 """Held-out shards for evaluation: every sample once, in shard order, with its metadata.
 
 Training batches carry features, image and key only; an evaluation also needs where each crop
-sits in its source image (``crop_box``, ``source_key``) to find the text in it, so it reads the
-shards itself, with the same decoding, corruption budget and contract as training.
+sits in its source image (``crop_box``, ``source_key``) to find the text in it, so it keeps
+each sample's ``meta`` in the batch. Tar reading, decoding, the corruption budget, the contract
+check and the collate are training's own (``vtsel.data.stream``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from dataclasses import dataclass
 import torch
 import webdataset as wds
 
-from vtsel.data.format import (
-    DecodedSample,
-    FeatureContractError,
-)
+from vtsel.contract import FeatureContract, FeatureContractError
+from vtsel.data.format import DecodedSample, SampleMeta
 from vtsel.data.shardlist import load_shard_set
-from vtsel.data.stream import CorruptionBudget, decode_readable, image_to_tensor
-from vtsel.fidelity.judge import FeatureContract
+from vtsel.data.stream import (
+    CorruptionBudget,
+    Sample,
+    collate,
+    decode_readable,
+    read_tars,
+    sample_tensors,
+)
 
 
 @dataclass
@@ -29,8 +34,14 @@ class EvalBatch:
     keys: list[str]
     feats: torch.Tensor  # (B, L, C) raw encoder tokens
     images: torch.Tensor  # (B, 3, S, S) in [0, 1]
-    samples: list[DecodedSample]  # each crop's metadata (crop_box, source_key, grid)
+    metas: list[SampleMeta]  # each crop's metadata (crop_box, source_key, grid)
     attention: torch.Tensor | None  # (B, L) attention each token receives, if the shards have it
+
+    @classmethod
+    def of(cls, batch: Sample) -> EvalBatch:
+        """The batch ``collate`` stacked from samples carrying their ``meta``."""
+        return cls(batch["key"], batch["feats"], batch["image"], batch["meta"],
+                   batch.get("attention"))
 
 
 class HeldOutShards:
@@ -69,30 +80,20 @@ class HeldOutShards:
     def _samples(self) -> Iterator[tuple[str, str, DecodedSample]]:
         """(shard URL, key, sample) of every readable sample, checked against the contract."""
         budget = CorruptionBudget(self.max_corrupt)
-        raw_samples = wds.DataPipeline(
-            wds.SimpleShardList(self.urls),
-            budget.track_shards,
-            wds.tarfile_to_samples(handler=budget.skip_tar_error),
-        )
+        raw_samples = wds.DataPipeline(wds.SimpleShardList(self.urls), *read_tars(budget))
         for url, key, sample in decode_readable(raw_samples, budget):
             self._check(sample, f"sample {key!r} in {url}")
             yield url, key, sample
 
     def _check(self, sample: DecodedSample, where: str) -> None:
-        meta, expected = sample.meta, self.contract
-        found = FeatureContract(meta.encoder, sample.feats.shape[1], meta.grid)
-        fits = (found.feature_dim, found.grid) == (expected.feature_dim, expected.grid) and (
-            expected.encoder is None or found.encoder == expected.encoder
+        self.contract.check(
+            sample.contract, f"{where} holds", "the judge was trained on",
+            "evaluate with a judge trained on these shards' encoder",
         )
-        if not fits or sample.feats.shape[0] != found.grid[0] * found.grid[1]:
-            raise FeatureContractError(
-                f"{where} holds {found.describe()}, but the judge was trained on "
-                f"{expected.describe()}: evaluate with a judge trained on these shards' encoder"
-            )
 
     def batches(self, batch_size: int, skip: Collection[str] = ()) -> Iterator[EvalBatch]:
         """Batches in shard order, leaving out the sample keys in ``skip`` (already scored)."""
-        pending: list[tuple[str, DecodedSample]] = []
+        pending: list[Sample] = []
         for url, key, sample in self._samples():
             if key in skip:
                 continue
@@ -101,24 +102,9 @@ class HeldOutShards:
                     f"sample {key!r} in {url} {'has' if sample.attention is not None else 'lacks'}"
                     f" attn.npy unlike the first sample: the shards mix two extractions"
                 )
-            pending.append((key, sample))
+            pending.append({**sample_tensors(key, sample, self.image_size), "meta": sample.meta})
             if len(pending) == batch_size:
-                yield self._collate(pending)
+                yield EvalBatch.of(collate(pending))
                 pending = []
         if pending:
-            yield self._collate(pending)
-
-    def _collate(self, pending: list[tuple[str, DecodedSample]]) -> EvalBatch:
-        samples = [sample for _, sample in pending]
-        attention = (
-            torch.stack([torch.from_numpy(s.attention) for s in samples])  # (B, L)
-            if self.has_attention
-            else None
-        )
-        return EvalBatch(
-            keys=[key for key, _ in pending],
-            feats=torch.stack([torch.from_numpy(s.feats) for s in samples]),  # (B, L, C)
-            images=torch.stack([image_to_tensor(s.image, self.image_size) for s in samples]),
-            samples=samples,
-            attention=attention,
-        )
+            yield EvalBatch.of(collate(pending))

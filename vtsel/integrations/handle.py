@@ -25,6 +25,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vtsel.budget import Budget
+from vtsel.contract import FeatureContract
 from vtsel.integrations.attention import (
     attention_layers,
     attention_parts,
@@ -89,8 +90,8 @@ class PruningHandle(ABC):
         """The stand-in for ``base.get_image_features``, with the same signature."""
 
     @abstractmethod
-    def _method_input(self) -> tuple[int, tuple[int, int], str]:
-        """(token width, (H, W) grid, a description) of what the method is shown per crop."""
+    def _method_input(self) -> tuple[FeatureContract, str]:
+        """What the method is shown per crop, and where it comes from (``<model> gives, ...``)."""
 
     @abstractmethod
     def _attention_layer(self) -> int:
@@ -112,18 +113,13 @@ class PruningHandle(ABC):
 
     def _check_fits(self, scorer: Any) -> None:
         """Refuse a selector (or grid method) whose width or grid the tower does not produce."""
-        width, grid, gives = self._method_input()
+        tower, gives = self._method_input()
         if scorer is not None:
-            contract = scorer.selector.config
-            if (contract.feature_dim, contract.grid_size) != (width, tuple(grid)):
-                height, cols = contract.grid_size
-                raise ValueError(
-                    f"the selector takes a {height}x{cols} grid of {contract.feature_dim}-wide "
-                    f"tokens (encoder {scorer.config.get('encoder')}), but {gives}"
-                )
-        elif getattr(self.method, "grid", None) not in (None, grid):
+            tower.check(scorer.contract, "the selector takes", gives,
+                        "attach a selector trained on this tower's features")
+        elif getattr(self.method, "grid", None) not in (None, tower.grid):
             raise ValueError(f"{self.method.name} was built for grid {self.method.grid}, "
-                             f"but {gives}")
+                             f"but {gives} {tower.describe()}")
 
     def _check_attention(self) -> None:
         """Refuse attention-ranked methods when the feature layer has no attention to read."""

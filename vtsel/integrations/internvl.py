@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vtsel.budget import Budget, mask_from_scores
+from vtsel.contract import FeatureContract
 from vtsel.integrations.attention import (
     attention_layers,
     encoder_layers,
@@ -93,15 +94,14 @@ class InternVLPruning(PruningHandle):
             raise ValueError(f"InternVL takes one vision_feature_layer, got {layer}")
         return layer, strategy
 
-    def _method_input(self) -> tuple[int, tuple[int, int], str]:
+    def _method_input(self) -> tuple[FeatureContract, str]:
         width = self.base.config.vision_config.hidden_size
         if self.feature_stage == "after":
             side, width = self.merged_side, width * int(1 / self.base.config.downsample_ratio) ** 2
         else:
             side = self.fine_side
-        return width, (side, side), (
-            f"{type(self.model).__name__} gives a {side}x{side} grid of {width}-wide tokens per "
-            f"tile {self.feature_stage} pixel shuffle"
+        return FeatureContract(width, (side, side)), (
+            f"{type(self.model).__name__} gives, per tile {self.feature_stage} pixel shuffle,"
         )
 
     def _attention_layer(self) -> int:

@@ -30,6 +30,7 @@ from torch import nn
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from vtsel.budget import Budget
+from vtsel.contract import FeatureContract
 from vtsel.integrations.anyres import NEWLINE, AnyresLayout, NewlineRows, anyres_layout
 from vtsel.integrations.attention import (
     attention_layers,
@@ -82,15 +83,14 @@ class LlavaNextPruning(PruningHandle):
             )
         return (tuple(layer) if isinstance(layer, list) else layer), strategy
 
-    def _method_input(self) -> tuple[int, tuple[int, int], str]:
+    def _method_input(self) -> tuple[FeatureContract, str]:
         layer, _ = self._resolve(None, None)
         width = self.base.config.vision_config.hidden_size * (
             1 if isinstance(layer, int) else len(layer)
         )
-        height, cols = self.grid
-        return width, self.grid, (
-            f"{type(self.model).__name__}'s vision tower gives a {height}x{cols} grid of "
-            f"{width}-wide tokens per crop (vision_feature_layer {layer}, CLS dropped)"
+        return FeatureContract(width, self.grid), (
+            f"{type(self.model).__name__}'s vision tower gives, per crop at "
+            f"vision_feature_layer {layer} (CLS dropped),"
         )
 
     def _attention_layer(self) -> int:
