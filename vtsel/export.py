@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from vtsel import __version__
 from vtsel.inference import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, weights_metadata
-from vtsel.outputs import check_out_folder
+from vtsel.outputs import check_out_folder, write_atomically
 from vtsel.train.checkpoints import read_checkpoint
 from vtsel.train.selector_module import selector_config
 from vtsel.train.task import TASK_KEY
@@ -51,8 +51,8 @@ def export(
     config = _export_config(trained["hyper_parameters"], _encoder(trained, encoder, source))
     weights = _selector_weights(trained["state_dict"], source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata=weights_metadata(config))
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    write_atomically(out_dir / WEIGHTS_FILE, save(weights, metadata=weights_metadata(config)))
+    write_atomically(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     print(f"exported the selector of {source} to {out_dir}")
 
 

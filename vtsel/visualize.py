@@ -26,6 +26,7 @@ from vtsel.images import to_rgb
 from vtsel.inference import CONFIG_FILE, TokenSelector
 from vtsel.methods import RandomSelection
 from vtsel.models.selector import tokens_for_ratio
+from vtsel.outputs import atomic_open
 
 CAPTION_HEIGHT = 16  # white rows above the panels holding "random 40%" | "selector 40%"
 RANDOM_WEIGHTS = "random"  # the weights part of an encoder id for seeded random weights
@@ -102,7 +103,8 @@ def visualize(
     figure = _figure(crop.view, encoder.grid, random_idx[0], selector_idx[0], keep)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.save(out_path, format="PNG")
+    with atomic_open(out_path, "wb") as file:
+        figure.save(file, format="PNG")
     print(out_path)
 
 

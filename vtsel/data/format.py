@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import string
 import urllib.parse
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from vtsel.contract import FeatureContract, FeatureContractError
+from vtsel.outputs import write_atomically
 
 FEATS = "feats.npy"
 IMAGE = "image.png"
@@ -234,17 +234,6 @@ def read_sizes(shard_dir: Path) -> dict[str, int]:
             f"Write one as {{\"shard-000000.tar\": <count>, ...}}."
         )
     return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write, flush to disk, then rename into place: a reader (or a rerun after a kill) sees
-    the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)
 
 
 def write_sizes(shard_dir: Path, sizes: dict[str, int]) -> None:

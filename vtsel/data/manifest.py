@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vtsel.contract import FeatureContract
-from vtsel.data.format import write_atomically
+from vtsel.outputs import write_atomically
 
 MANIFEST_FILE = "manifest.json"
 # Bumped when a reader of an older vtsel could misread the shards.

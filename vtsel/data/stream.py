@@ -22,6 +22,7 @@ from PIL import Image
 
 from vtsel.contract import FeatureContract, FeatureContractError
 from vtsel.data.format import SIZES_FILE, CorruptSampleError, DecodedSample, decode_sample
+from vtsel.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def train_stream(
         partial(check_tar_sizes, sizes=sizes, budget=budget),
         # raw bytes are shuffled, not decoded tensors: a buffer of them takes far less memory.
         # Per-rank seed: ranks read different samples, so they need not shuffle in lockstep.
-        wds.shuffle(shuffle_buffer, rng=random.Random(seed * 1_000_003 + rank)),
+        wds.shuffle(shuffle_buffer, rng=random.Random(stream_seed(seed, rank))),
         partial(decode_and_check, spec=spec, budget=budget),
     ).repeat()
     return wds.DataPipeline(

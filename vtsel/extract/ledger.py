@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vtsel.data.format import write_atomically
 from vtsel.extract.inputs import SkippedInput
+from vtsel.outputs import write_atomically
 
 LEDGER_DIR = "units"
 

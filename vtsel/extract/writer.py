@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from rich.console import Console
 
-from vtsel.data.format import CorruptSampleError, SampleMeta, encode_sample, write_atomically
+from vtsel.data.format import CorruptSampleError, SampleMeta, encode_sample
 from vtsel.data.manifest import Manifest
 from vtsel.extract.batches import Batch, CropRecord, UnitDone
 from vtsel.extract.encoders import EncodedBatch
@@ -24,6 +24,7 @@ from vtsel.extract.ledger import Ledger
 from vtsel.extract.manifest import SUMMARY_FILE
 from vtsel.extract.shards import UnitWriter, finalize_splits
 from vtsel.extract.units import SPLITS
+from vtsel.outputs import write_atomically
 
 log = logging.getLogger(__name__)
 # Skipped inputs named one by one in the printed summary; all of them are in skipped.json.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vtsel.budget import Budget
 from vtsel.fidelity.metrics import METRICS
+from vtsel.outputs import atomic_open
 
 METRIC_COLUMNS = tuple(metric.name for metric in METRICS)
 SAMPLE_COLUMNS = ("method", "keep_ratio", "keep_tokens", "key", "source_key", *METRIC_COLUMNS)
@@ -66,13 +67,11 @@ def summarize(
 
 
 def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
-    """All ``rows`` under a header, written to a temporary file first so no half file stays."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    """All ``rows`` under a header, written atomically so no half file stays."""
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(_csv_row(row) for row in rows)
-    tmp.replace(path)
 
 
 def _csv_row(row: dict) -> dict:

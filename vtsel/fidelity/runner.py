@@ -35,6 +35,7 @@ from vtsel.fidelity.report import (
 from vtsel.fidelity.shards import EvalBatch, HeldOutShards
 from vtsel.fidelity.text_recall import TextRegions, text_recall
 from vtsel.inference import WEIGHTS_FILE
+from vtsel.outputs import atomic_open, write_atomically
 
 PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2880 tokens
 SETTINGS_FILE = "eval.json"
@@ -273,7 +274,7 @@ def _resume(out_dir: Path, settings: dict, rows_per_key: int) -> set[str]:
                 f"differ): give another out folder, or delete {out_dir} to start over"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+    write_atomically(settings_path, json.dumps(settings, indent=1) + "\n")
     rows_of = Counter(row["key"] for row in iter_samples(samples_path))
     complete = {key for key, count in rows_of.items() if count == rows_per_key}
     # rewritten without the rows of a crop a kill cut short, which is scored again
@@ -293,9 +294,10 @@ def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard:
     write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
     tables = markdown_tables(report.summary, report.methods, report.budgets, report.num_tokens)
     header = _header(report.summary, settings, report.notes, report.gate)
-    report.files["report"].write_text(header + tables)
+    write_atomically(report.files["report"], header + tables)
     figure = plot_metrics(report.summary, report.methods)
-    figure.savefig(report.files["plot"], dpi=120)
+    with atomic_open(report.files["plot"], "wb") as file:
+        figure.savefig(file, dpi=120, format="png")
     if tensorboard:
         report.files["tensorboard"] = out_dir / "tensorboard"
         write_tensorboard(report.summary, figure, report.files["tensorboard"])

@@ -15,6 +15,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from vtsel.models.selector import tokens_for_ratio
+from vtsel.seeds import stream_seed
 from vtsel.train.masking import (
     check_families,
     check_keep_range,
@@ -122,7 +123,7 @@ class JudgeModule(ReconstructionTask):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         normed = self.normalize(batch["feats"])  # (B, L, C)
-        generator = torch.Generator().manual_seed(self.hparams.eval_seed * 1_000_003 + batch_idx)
+        generator = torch.Generator().manual_seed(stream_seed(self.hparams.eval_seed, batch_idx))
         loss, _ = self._loss(batch, normed, generator)
         self.val_loss.update(loss.detach(), weight=normed.shape[0])
         scores = torch.rand(normed.shape[:2], generator=generator)  # (B, L)

@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from vtsel.models.selector import tokens_for_ratio, topk_mask
+from vtsel.seeds import stream_seed
 from vtsel.train.objective import LossTerms
 
 METHODS = ("selector", "random")
@@ -78,7 +79,7 @@ class SelectionMetrics(nn.Module):
         self, shape: Sequence[int], batch_idx: int, device: torch.device | str = "cpu"
     ) -> Iterator[tuple[str, float, torch.Tensor]]:
         """("random", ratio, mask (B, L)) at every budget for a batch of ``shape`` (B, L)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, batch_idx))
         random_scores = torch.rand(tuple(shape), generator=generator).to(device)  # (B, L)
         for ratio in self.keep_ratios:
             yield "random", ratio, topk_mask(random_scores, tokens_for_ratio(shape[-1], ratio))

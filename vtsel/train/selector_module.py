@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.config import MaskEstimator
+from vtsel.seeds import stream_seed
 from vtsel.train.masking import (
     check_families,
     check_keep_range,
@@ -220,7 +221,7 @@ class SelectorModule(ReconstructionTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Objective with the noise-free mask, and reconstruction at fixed budgets."""
         normed = self.normalize(batch["feats"])  # (B, L, C)
-        generator = torch.Generator().manual_seed(self.hparams.eval_seed * 1_000_003 + batch_idx)
+        generator = torch.Generator().manual_seed(stream_seed(self.hparams.eval_seed, batch_idx))
         terms, keep_logits = self._objective(batch, normed, generator)
         self.val_metrics.update_objective(terms, batch_size=normed.shape[0])
         for method, ratio, mask in self.val_metrics.masks(keep_logits, batch_idx):

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vtsel.outputs import write_atomically
+
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_FILE = "run.json"
 
@@ -71,7 +73,7 @@ class PredictionStore:
                     f"or delete the folder to start over"
                 )
         else:
-            run_path.write_text(json.dumps(settings, indent=2) + "\n")
+            write_atomically(run_path, json.dumps(settings, indent=2) + "\n")
 
     def _read(self) -> list[Prediction]:
         if not self.path.exists():
@@ -83,7 +85,7 @@ class PredictionStore:
                 f"{self.path}: dropping an incomplete last line left by an interrupted run",
                 stacklevel=3,
             )
-            self.path.write_text(complete + "\n" if complete else "")
+            write_atomically(self.path, complete + "\n" if complete else "")
         rows = []
         for line_number, line in enumerate(complete.splitlines(), start=1):
             try:

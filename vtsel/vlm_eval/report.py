@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vtsel.outputs import atomic_open
 from vtsel.vlm_eval.predictions import Prediction
 
 SCORES_CSV = "scores.csv"
@@ -54,7 +55,7 @@ def summarize(predictions: Iterable[Prediction]) -> list[Score]:
 
 def write_scores_csv(scores: list[Score], path: str | Path) -> None:
     """One row per (method, keep): method, keep, questions, exact_match, anls, visual_tokens."""
-    with Path(path).open("w", newline="") as stream:
+    with atomic_open(Path(path), newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["method", "keep", "questions", "exact_match", "anls", "visual_tokens"])
         for score in scores:

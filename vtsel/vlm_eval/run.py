@@ -28,6 +28,7 @@ from rich.progress import (
 
 from vtsel.arglists import comma_list
 from vtsel.methods import METHODS, SelectionMethod
+from vtsel.outputs import write_atomically
 from vtsel.vlm_eval.methods import attach_options, build_methods
 from vtsel.vlm_eval.predictions import Prediction, PredictionStore
 from vtsel.vlm_eval.questions import Question, load_questions
@@ -118,7 +119,7 @@ def vlm_eval(
     scores = summarize(store.rows.values())
     write_scores_csv(scores, store.folder / SCORES_CSV)
     tables = markdown_tables(scores)
-    (store.folder / SCORES_MARKDOWN).write_text(tables)
+    write_atomically(store.folder / SCORES_MARKDOWN, tables)
     console.print(tables)
 
 
