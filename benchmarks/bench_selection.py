@@ -40,8 +40,8 @@ from vtsel.extract.encoders import OpenClipEncoder  # noqa: E402
 from vtsel.inference import TokenSelector  # noqa: E402
 from vtsel.methods import (  # noqa: E402
     METHODS,
+    LearnedSelection,
     SelectionMethod,
-    TrainedSelector,
     VisionZipStyle,
     build_method,
 )
@@ -95,7 +95,7 @@ def selection_runners(selector: TokenSelector) -> dict[str, Runner]:
         for name in METHODS
         if name != "selector"
     ]
-    methods.append(TrainedSelector(selector))
+    methods.append(LearnedSelection(selector))
     runners: dict[str, Runner] = {}
     for method, keep in ((method, keep) for method in methods for keep in BUDGETS):
         # HiPrune reads a middle layer and the feature layer; VisionZip the feature layer only.

@@ -17,8 +17,8 @@ from tests.test_cli import fit
 from tests.test_eval import JUDGE_TWIN
 from vtsel.cli import main
 from vtsel.flops import selector_config_of
-from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, Selected, TokenSelector
-from vtsel.methods import TrainedSelector, build_method
+from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, KeptTokens, TokenSelector
+from vtsel.methods import LearnedSelection, build_method
 from vtsel.models import SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.train.selector_module import SelectorModule
@@ -67,7 +67,7 @@ def test_select_keep_is_the_top_k_in_spatial_order_with_its_features(
     assert one.indices.shape == (budget,) and one.features.shape == (budget, WIDTH)
 
 
-def assert_gathered_in_spatial_order(selected: Selected, features: torch.Tensor) -> None:
+def assert_gathered_in_spatial_order(selected: KeptTokens, features: torch.Tensor) -> None:
     """Each crop's indices ascend and its kept features are the input's at those indices."""
     for row, (idx, kept) in enumerate(zip(selected.indices, selected.features, strict=True)):
         assert torch.equal(idx, idx.sort().values)
@@ -207,7 +207,7 @@ def test_the_trained_selector_as_a_selection_method_keeps_what_select_keeps(
     exported: Exported, token_selector: TokenSelector, features: torch.Tensor
 ) -> None:
     method = build_method("selector", selector=str(exported.directory))
-    assert isinstance(method, TrainedSelector)
+    assert isinstance(method, LearnedSelection)
     kept = method(features, 4)  # (B, 4)
     assert torch.equal(kept, token_selector.select(features, k=4).indices)
 

@@ -33,7 +33,8 @@ from vtsel.cli import main
 from vtsel.data.manifest import config_hash, read_manifest
 from vtsel.extract import extract
 from vtsel.extract.crops import CenterCrop
-from vtsel.extract.encoders import RANDOM_INIT_SEED, OpenClipEncoder
+from vtsel.extract.encoders import OpenClipEncoder
+from vtsel.extract.encoders.openclip import RANDOM_INIT_SEED
 
 EXPECTED_ENCODER = "open_clip:ViT-S-16:random:layer-2"
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from tests.tiny_vlms import (
 from vtsel import Budget
 from vtsel.inference import TokenSelector
 from vtsel.integrations import attach, prune_inputs
-from vtsel.methods import SelectionMethod, TrainedSelector, build_method
+from vtsel.methods import LearnedSelection, SelectionMethod, build_method
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 
@@ -238,7 +238,7 @@ def test_internvl_video_frames_share_one_budget(internvl: Any) -> None:
         kept[scores.flatten().topk(budget).indices] = True  # one top-k over the whole clip
         expected = model.model.multi_modal_projector(merged[kept.view(3, 16)])
 
-    with attach(model, TrainedSelector(selector), Budget(keep=0.25, per_image=True)) as handle:
+    with attach(model, LearnedSelection(selector), Budget(keep=0.25, per_image=True)) as handle:
         pruned = prune_inputs(handle, inputs, clips=[3])
         with language_model_inputs(model) as calls:
             generated = model.generate(**pruned, max_new_tokens=2, min_new_tokens=2)

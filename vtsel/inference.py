@@ -27,7 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
-class Selected:
+class KeptTokens:
     """The kept tokens of a batch, in spatial (row-major grid) order.
 
     With ``keep`` or ``k`` every crop keeps the same number of tokens, so both fields are
@@ -151,10 +151,10 @@ class TokenSelector(nn.Module):
         k: int | None = None,
         threshold: float | None = None,
         per_image: bool = False,
-    ) -> Selected:
+    ) -> KeptTokens:
         """Keep the highest-scoring tokens of raw features (B, L, C) or (L, C).
 
-        Give exactly one budget (the fields of ``vtsel.budget.Budget``). See ``Selected`` for
+        Give exactly one budget (the fields of ``vtsel.budget.Budget``). See ``KeptTokens`` for
         when the result holds tensors or lists.
 
         Args:
@@ -178,12 +178,12 @@ class TokenSelector(nn.Module):
         kept_idx = [row.nonzero().squeeze(-1) for row in keep_mask]  # B x (k_i,), ascending
         kept_feats = [row[idx] for row, idx in zip(batched, kept_idx, strict=True)]  # (k_i, C)
         if threshold is None and not per_image:
-            selected = Selected(torch.stack(kept_idx), torch.stack(kept_feats))
+            selected = KeptTokens(torch.stack(kept_idx), torch.stack(kept_feats))
         else:
-            selected = Selected(kept_idx, kept_feats)
+            selected = KeptTokens(kept_idx, kept_feats)
         if features.dim() == 3:
             return selected
-        return Selected(selected.indices[0], selected.features[0])
+        return KeptTokens(selected.indices[0], selected.features[0])
 
 
 def weights_metadata(config: dict[str, Any]) -> dict[str, str]:

@@ -13,9 +13,6 @@ sidecar ``<name>.regions.json``: ``{"width", "height", "boxes": [[x0, y0, x1, y1
 one pixel box (x1, y1 exclusive) per drawn piece of text.
 """
 
-from vtsel.demo.charts import render_chart
-from vtsel.demo.documents import render_document
-from vtsel.demo.pages import render_page
 from vtsel.demo.write import write_demo_images
 
-__all__ = ["render_chart", "render_document", "render_page", "write_demo_images"]
+__all__ = ["write_demo_images"]

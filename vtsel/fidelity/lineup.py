@@ -16,7 +16,7 @@ import torch
 
 from vtsel.contract import FeatureContract
 from vtsel.inference import TokenSelector
-from vtsel.methods import METHODS, SelectionMethod, TrainedSelector
+from vtsel.methods import METHODS, LearnedSelection, SelectionMethod
 
 BASELINES = ("random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune")
 
@@ -71,7 +71,7 @@ def build_lineup(
             )
             continue
         if name == "selector":
-            methods[name] = TrainedSelector(_load_selector(selector, contract).to(device))
+            methods[name] = LearnedSelection(_load_selector(selector, contract).to(device))
             continue
         offered = {"grid": grid, "seed": seed}  # given to the methods whose constructor takes it
         accepted = inspect.signature(method_class).parameters

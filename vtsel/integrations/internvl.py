@@ -61,7 +61,7 @@ class InternVLPruning(PruningHandle):
         if feature_stage == "before" and scorer_of(method) is None:
             raise ValueError(
                 f"feature_stage='before' keeps a merged token by the best score of its 2x2 "
-                f"block, which needs per-token scores (TokenSelector or TrainedSelector); "
+                f"block, which needs per-token scores (TokenSelector or LearnedSelection); "
                 f"{type(method).__name__} returns indices: use feature_stage='after'"
             )
         self.feature_stage = feature_stage

@@ -20,7 +20,7 @@ import torch
 
 from vtsel.budget import Budget, mask_from_scores
 from vtsel.inference import TokenSelector
-from vtsel.methods import SelectionMethod, TrainedSelector
+from vtsel.methods import LearnedSelection, SelectionMethod
 
 Method = SelectionMethod | TokenSelector
 
@@ -29,7 +29,7 @@ def scorer_of(method: Method) -> TokenSelector | None:
     """The exported selector behind a score-based method, or None for index-only methods."""
     if isinstance(method, TokenSelector):
         return method
-    if isinstance(method, TrainedSelector):
+    if isinstance(method, LearnedSelection):
         return method.selector
     return None
 
@@ -40,7 +40,7 @@ def check_budget(method: Method, budget: Budget) -> None:
         kind = "threshold" if budget.threshold is not None else "per_image"
         raise ValueError(
             f"a {kind} budget needs per-token keep scores, which only the trained selector "
-            f"(TokenSelector or TrainedSelector) gives; {type(method).__name__} returns indices. "
+            f"(TokenSelector or LearnedSelection) gives; {type(method).__name__} returns indices. "
             f"Use Budget(keep=...) or Budget(k=...) per crop with it"
         )
 

@@ -5,14 +5,14 @@ Each takes raw encoder tokens (B, L, C), a per-crop budget and optionally the CL
 attention (B, L), and returns the kept positions (B, keep) in spatial order.
 """
 
-from vtsel.methods.base import SelectionMethod, sorted_topk
+from vtsel.methods.base import SelectionMethod
 from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
+from vtsel.methods.learned import LearnedSelection
 from vtsel.methods.norm import FeatureNormTopK
 from vtsel.methods.random import RandomSelection
 from vtsel.methods.registry import METHODS, build_method
 from vtsel.methods.spread import SpreadOrder
-from vtsel.methods.trained import TrainedSelector
 from vtsel.methods.uniform import UniformGrid
 from vtsel.methods.visionzip import VisionZipStyle
 
@@ -21,12 +21,11 @@ __all__ = [
     "DivPrune",
     "FeatureNormTopK",
     "HiPruneStyle",
+    "LearnedSelection",
     "RandomSelection",
     "SelectionMethod",
     "SpreadOrder",
-    "TrainedSelector",
     "UniformGrid",
     "VisionZipStyle",
     "build_method",
-    "sorted_topk",
 ]

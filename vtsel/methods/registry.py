@@ -11,10 +11,10 @@ from typing import Any
 from vtsel.methods.base import SelectionMethod
 from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
+from vtsel.methods.learned import LearnedSelection
 from vtsel.methods.norm import FeatureNormTopK
 from vtsel.methods.random import RandomSelection
 from vtsel.methods.spread import SpreadOrder
-from vtsel.methods.trained import TrainedSelector
 from vtsel.methods.uniform import UniformGrid
 from vtsel.methods.visionzip import VisionZipStyle
 
@@ -28,7 +28,7 @@ METHODS: dict[str, type[SelectionMethod]] = {
         DivPrune,
         VisionZipStyle,
         HiPruneStyle,
-        TrainedSelector,
+        LearnedSelection,
     )
 }
 

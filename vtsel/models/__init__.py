@@ -2,13 +2,13 @@
 
 from vtsel.models.config import SelectorConfig
 from vtsel.models.reconstructors import FeatureReconstructor, ImageReconstructor
-from vtsel.models.selector import FeatureSelector, Selection, topk_mask
+from vtsel.models.selector import FeatureSelector, SelectorOutput, topk_mask
 
 __all__ = [
     "FeatureReconstructor",
     "FeatureSelector",
     "ImageReconstructor",
-    "Selection",
     "SelectorConfig",
+    "SelectorOutput",
     "topk_mask",
 ]

@@ -14,7 +14,7 @@ from vtsel.models.coverage import coverage_prior
 
 
 @dataclass
-class Selection:
+class SelectorOutput:
     """What the selector hands the reconstructor."""
 
     mask: torch.Tensor  # (B, L) 1 = keep, 0 = drop; carries the estimator's gradient in training
@@ -83,13 +83,13 @@ class FeatureSelector(nn.Module):
         hard = F.one_hot(soft.argmax(dim=-1), 2).to(soft.dtype)
         return (hard - soft.detach() + soft)[..., 1]
 
-    def forward(self, normed: torch.Tensor) -> Selection:
+    def forward(self, normed: torch.Tensor) -> SelectorOutput:
         """Select from normalised features (B, L, C): the estimator's mask in training,
         ``keep_logit > 0`` in eval."""
         logits = self.head_logits(normed)  # (B, L, 2)
         keep_logits = logits[..., 1] - logits[..., 0]  # (B, L)
         mask = self.draw_mask(logits) if self.training else (keep_logits > 0).to(normed.dtype)
-        return Selection(mask, keep_logits)
+        return SelectorOutput(mask, keep_logits)
 
 
 def _bias_for_keep_ratio(keep_ratio: float, prior: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtsel.methods import SelectionMethod, TrainedSelector, build_method
+from vtsel.methods import LearnedSelection, SelectionMethod, build_method
 
 GRID_METHODS = ("uniform", "hiprune")
 
@@ -62,7 +62,7 @@ def attach_options(model_config: Any, method: SelectionMethod) -> dict[str, str]
     shuffle) scores the tokens ``before`` the shuffle; every other method, and a selector
     trained on the merged grid, looks ``after`` it (the integration's default).
     """
-    if not _is_internvl(model_config) or not isinstance(method, TrainedSelector):
+    if not _is_internvl(model_config) or not isinstance(method, LearnedSelection):
         return {}
     if method.selector.selector.config.grid_size == tuple(tower_grid(model_config)):
         return {"feature_stage": "before"}

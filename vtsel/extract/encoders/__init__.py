@@ -9,11 +9,10 @@ optional ``hf`` extra.
 from vtsel.extract.encoders.base import EncodedBatch, VisionEncoder
 from vtsel.extract.encoders.internvl import InternVisionTower
 from vtsel.extract.encoders.llava_next import LlavaNextVisionTower
-from vtsel.extract.encoders.openclip import RANDOM_INIT_SEED, OpenClipEncoder, PreparedCrop
+from vtsel.extract.encoders.openclip import OpenClipEncoder, PreparedCrop
 from vtsel.extract.encoders.transformers_model import TransformersEncoder
 
 __all__ = [
-    "RANDOM_INIT_SEED",
     "EncodedBatch",
     "InternVisionTower",
     "LlavaNextVisionTower",

@@ -14,7 +14,7 @@ from vtsel.inference import TokenSelector
 from vtsel.methods.base import SelectionMethod, sorted_topk
 
 
-class TrainedSelector(SelectionMethod):
+class LearnedSelection(SelectionMethod):
     """Keep the ``keep`` tokens with the highest keep logits of an exported selector.
 
     Args:
