@@ -61,7 +61,8 @@ Runner = Callable[[], Any]
 def llava_selector() -> TokenSelector:
     """A TokenSelector at the LLaVA-NeXT preset's widths, with seeded random weights."""
     preset = yaml.safe_load(PRESET.read_text())
-    model, data = preset["model"]["init_args"], preset["data"]
+    model = preset["model"]["init_args"]
+    data = yaml.safe_load((PRESET.parent / preset["data"]).read_text())
     torch.manual_seed(0)
     selector = FeatureSelector(SelectorConfig(
         feature_dim=data["feature_dim"],

@@ -47,9 +47,10 @@ from vtsel.train.selector_module import SelectorModule  # noqa: E402
 THREADS = 2
 BATCH = 32
 DEMO = yaml.safe_load((REPO / "conf" / "demo.yaml").read_text())  # the shapes and settings
-FEATURE_DIM = DEMO["data"]["feature_dim"]
-GRID = tuple(DEMO["data"]["grid_size"])
-IMAGE_SIZE = DEMO["data"]["image_size"]
+DEMO_DATA = yaml.safe_load((REPO / "conf" / DEMO["data"]).read_text())
+FEATURE_DIM = DEMO_DATA["feature_dim"]
+GRID = tuple(DEMO_DATA["grid_size"])
+IMAGE_SIZE = DEMO_DATA["image_size"]
 MODEL_ARGS: dict[str, Any] = dict(
     DEMO["model"]["init_args"], feature_dim=FEATURE_DIM, grid_size=GRID, image_size=IMAGE_SIZE
 )

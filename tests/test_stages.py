@@ -27,8 +27,10 @@ SHORT_STAGES = [
 
 
 def write_twin(path: Path, **changes: Any) -> Path:
-    """The demo twin with top-level keys replaced (``stages=None`` drops the key)."""
+    """The demo twin with top-level keys replaced (``stages=None`` drops the key), its data
+    section's file named by absolute path (the copy lives elsewhere)."""
     config = yaml.safe_load(TWIN.read_text())
+    config["data"] = str((TWIN.parent / config["data"]).resolve())
     config.update(changes)
     path.write_text(yaml.safe_dump({k: v for k, v in config.items() if v is not None}))
     return path
