@@ -74,7 +74,7 @@ class Exported:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """One real two-step fit of the demo twin and its export, shared by every test that needs
     a trained selector (export, evaluation, integrations) to stay fast."""
-    from tests.test_cli import TWINS, fit  # imported here: test_cli imports this module
+    from tests.fit_support import TWINS, fit
     from vtsel.cli import main
 
     root = tmp_path_factory.mktemp("export")
@@ -84,3 +84,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     checkpoint = run / "checkpoints" / "last.ckpt"
     main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "selector")])
     return Exported(checkpoint, root / "selector")
+
+
+@pytest.fixture
+def shards(tmp_path: Path, make_shards: MakeShards) -> Path:
+    """Tiny train (24) and val (8) shards of the twins' contract."""
+    make_shards(tmp_path / "shards" / "train", num_samples=24, seed=0)
+    make_shards(tmp_path / "shards" / "val", num_samples=8, seed=1)
+    return tmp_path / "shards"

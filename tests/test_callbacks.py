@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import write_feature_shards
-from tests.test_cli import TWINS, fit, shards  # noqa: F401  (shards is a fixture)
+from tests.fit_support import TWINS, fit
 from vtsel.train.callbacks import DROPPED_BRIGHTNESS, SEPARATOR_WIDTH, overlay_mask, side_by_side
 
 KEEP_RATIO = 0.4  # as the twins configure the callback
@@ -100,7 +100,7 @@ def test_fit_end_puts_the_final_gain_in_the_hparams_metric(events: EventAccumula
 
 
 def test_without_tensorboard_the_fit_runs_and_writes_no_images(
-    shards: Path, tmp_path: Path  # noqa: F811
+    shards: Path, tmp_path: Path
 ) -> None:
     run = fit(
         TWINS[0], shards, tmp_path / "runs",

@@ -11,46 +11,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import Exported, MakeShards
+from tests.conftest import Exported
 from tests.extract_support import write_photos
+from tests.fit_support import LOSS_TAGS, TWINS, fit, fit_args
 from vtsel.cli import TOOLS, main, run_command
 from vtsel.contract import FeatureContractError
-
-TWINS = sorted(Path(__file__).parent.joinpath("conf").glob("*.yaml"))
-LOSS_TAGS = {
-    "train/loss",
-    "train/feature_loss",
-    "train/image_loss",
-    "train/keep_ratio",
-    "train/regularizer",
-}
-
-
-def fit_args(config: Path, shards: Path, runs: Path, *extra: str) -> list[str]:
-    """``vtsel fit`` arguments for a preset twin on test shards, logging under ``runs``."""
-    return [
-        "fit",
-        "--config", str(config),
-        "--data.train_shards", str(shards / "train"),
-        "--data.val_shards", str(shards / "val"),
-        "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.enable_progress_bar", "false",
-        *extra,
-    ]
-
-
-def fit(config: Path, shards: Path, runs: Path, *extra: str) -> Path:
-    """Run ``vtsel fit`` and return the run's log folder."""
-    main(fit_args(config, shards, runs, *extra))
-    (run,) = [p for p in runs.glob("*/version_*") if p.is_dir()]
-    return run
-
-
-@pytest.fixture
-def shards(tmp_path: Path, make_shards: MakeShards) -> Path:
-    make_shards(tmp_path / "shards" / "train", num_samples=24, seed=0)
-    make_shards(tmp_path / "shards" / "val", num_samples=8, seed=1)
-    return tmp_path / "shards"
 
 
 def scalar_tags(run: Path) -> set[str]:

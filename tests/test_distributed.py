@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import MakeShards
-from tests.test_cli import LOSS_TAGS, TWINS, fit, fit_args
+from tests.fit_support import LOSS_TAGS, TWINS, fit, fit_args
 
 REPO = Path(__file__).parents[1]
 TWIN_CONFIGS = {config.stem: config for config in TWINS}

@@ -16,7 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import Exported, write_feature_shards
-from tests.test_cli import fit
+from tests.fit_support import fit
 from vtsel.cli import main
 from vtsel.contract import FeatureContractError
 from vtsel.data.format import (

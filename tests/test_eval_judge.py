@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import Exported, MakeShards
-from tests.test_cli import fit
+from tests.fit_support import fit
 from vtsel.fidelity import Judge
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.train.fit import resolve_fit_config

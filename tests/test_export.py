@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import Exported, write_feature_shards
-from tests.test_cli import fit
+from tests.fit_support import fit
 from tests.test_eval import JUDGE_TWIN
 from vtsel.cli import main
 from vtsel.flops import selector_config_of

@@ -13,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import Exported, write_feature_shards
-from tests.test_cli import fit
+from tests.fit_support import fit
 from tests.test_eval import SCORED
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import Exported, write_feature_shards
 from tests.extract_support import TOWER_SIZE, save_tower
-from tests.test_cli import TWINS, fit
+from tests.fit_support import TWINS, fit
 from vtsel.cli import main
 from vtsel.extract.crops import CenterCrop
 from vtsel.extract.encoders import OpenClipEncoder, TransformersEncoder
