@@ -20,8 +20,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY vtsel ./vtsel
 COPY conf ./conf
-# torch and torchvision come pinned from pyproject.toml (PyPI's Linux wheels are CUDA builds).
-RUN pip install .
+# torch and torchvision come pinned from pyproject.toml (PyPI's Linux wheels are CUDA builds);
+# [train] is the `vtsel` command, [hf] the Hugging Face encoders and VLM integration.
+RUN pip install '.[train,hf]'
 
 USER 1000
 VOLUME ["/data", "/runs"]

@@ -8,10 +8,11 @@ ENCODER := data/encoders/dinov2-small-imgfocus
 
 .PHONY: install demo test test-slow bench clean-demo
 
-# The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there.
+# The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there. The
+# library alone is `pip install .`; the demo and the tests need every extra.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,hf,demo]'
+	$(BIN)/pip install --quiet -e '.[train,hf,demo,dev]'
 	touch $@
 
 install: $(INSTALLED)

@@ -6,11 +6,12 @@ import importlib
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from jsonargparse import CLI
-from lightning.pytorch.cli import LightningCLI
+from vtsel.extras import missing_extra_message
 
-from vtsel.train.fit import VtselCLI, make_cli
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Tool:
     def run(self, argv: list[str]) -> None:
         function = getattr(importlib.import_module(self.module), self.function)
         if self.typed:
+            from jsonargparse import CLI
+
             CLI(function, args=argv, as_positional=False)
         else:
             function(argv)
@@ -67,6 +70,8 @@ def run_command(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in TOOLS:
         TOOLS[argv[0]].run(argv[1:])
         return None
+    from vtsel.train.fit import VtselCLI, make_cli
+
     if args is None:
         sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (and warns if given both)
         return make_cli(VtselCLI, None, run=True, description=DESCRIPTION)
@@ -96,8 +101,16 @@ def attach_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``vtsel`` console script: returns nothing, so the exit status is 0."""
-    run_command(args)
+    """Entry point of the ``vtsel`` console script: returns nothing, so the exit status is 0.
+    On the bare library (``pip install vtsel``) a command exits naming the extra it needs."""
+    try:
+        run_command(args)
+    except ModuleNotFoundError as error:
+        argv = sys.argv[1:] if args is None else list(args)
+        message = missing_extra_message(error, argv[0] if argv else "")
+        if message is None:
+            raise
+        raise SystemExit(message) from error
 
 
 if __name__ == "__main__":
