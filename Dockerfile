@@ -22,7 +22,7 @@ COPY vtsel ./vtsel
 COPY conf ./conf
 # torch and torchvision come pinned from pyproject.toml (PyPI's Linux wheels are CUDA builds);
 # [train] is the `vtsel` command, [hf] the Hugging Face encoders and VLM integration.
-RUN pip install '.[train,hf]'
+RUN pip install "./[train,hf]"
 
 USER 1000
 VOLUME ["/data", "/runs"]
