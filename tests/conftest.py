@@ -71,19 +71,39 @@ class Exported:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """One real two-step fit of the demo twin and its export, shared by every test that needs
-    a trained selector (export, evaluation, integrations) to stay fast."""
-    from tests.fit_support import TWINS, fit
-    from vtsel.cli import main
+def wired_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real one-step fit of the demo twin (``WIRING``) on its own shards, shared read-only
+    by the tests that need a checkpoint to start from: its run folder."""
+    from tests.fit_support import TWINS, WIRING, fit
 
-    root = tmp_path_factory.mktemp("export")
+    root = tmp_path_factory.mktemp("wired")
     write_feature_shards(root / "shards" / "train", num_samples=24, seed=0)
     write_feature_shards(root / "shards" / "val", num_samples=8, seed=1)
-    run = fit(TWINS[0], root / "shards", root / "runs", "--trainer.max_steps", "2")
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "selector")])
-    return Exported(checkpoint, root / "selector")
+    return fit(TWINS[0], root / "shards", root / "runs", *WIRING)
+
+
+@pytest.fixture(scope="session")
+def wired_judge_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real one-step judge fit of the demo twin: the evaluation's plumbing (``vtsel eval``,
+    the notebook) needs a judge checkpoint, not a good judge. Its run folder."""
+    from tests.fit_support import JUDGE_TWIN, WIRING, fit
+
+    root = tmp_path_factory.mktemp("wired_judge")
+    write_feature_shards(root / "shards" / "train", num_samples=16, seed=0)
+    write_feature_shards(root / "shards" / "val", num_samples=4, seed=1)
+    return fit(JUDGE_TWIN, root / "shards", root / "runs", *WIRING)
+
+
+@pytest.fixture(scope="session")
+def exported(wired_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """The wired run's export, shared by every test that needs a trained selector (export,
+    evaluation, integrations)."""
+    from vtsel.cli import main
+
+    checkpoint = wired_run / "checkpoints" / "last.ckpt"
+    directory = tmp_path_factory.mktemp("export") / "selector"
+    main(["export", "--checkpoint", str(checkpoint), "--out", str(directory)])
+    return Exported(checkpoint, directory)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import Exported
 from tests.extract_support import write_photos
-from tests.fit_support import LOSS_TAGS, TWINS, fit, fit_args
+from tests.fit_support import LOSS_TAGS, TWINS, WIRING, fit, fit_args
 from vtsel.cli import TOOLS, main, run_command
 from vtsel.contract import FeatureContractError
 
@@ -29,7 +29,7 @@ def scalar_tags(run: Path) -> set[str]:
 def test_fit_writes_checkpoints_and_every_metric_to_tensorboard(
     config: Path, shards: Path, tmp_path: Path
 ) -> None:
-    run = fit(config, shards, tmp_path / "runs")
+    run = fit(config, shards, tmp_path / "runs", *WIRING)
     tags = scalar_tags(run)
     assert tags >= LOSS_TAGS | {"val/loss", "val/keep_ratio", "val/selector_gain@25"}
     for budget in ("selector@25", "random@25", "selector@10", "random@50"):
@@ -40,11 +40,10 @@ def test_fit_writes_checkpoints_and_every_metric_to_tensorboard(
 
 
 def test_validate_test_and_predict_reload_the_best_checkpoint(
-    shards: Path, tmp_path: Path
+    wired_run: Path, shards: Path, tmp_path: Path
 ) -> None:
     config = TWINS[0]
-    run = fit(config, shards, tmp_path / "runs")
-    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    (best,) = (wired_run / "checkpoints").glob("best-*.ckpt")
     results = {}
     for subcommand in ("validate", "test", "predict"):
         results[subcommand] = run_command(
@@ -66,15 +65,16 @@ def test_validate_test_and_predict_reload_the_best_checkpoint(
     assert all(batch["keep_logits"].shape == (len(batch["key"]), 16) for batch in predictions)
 
 
-def test_init_from_takes_weights_and_nothing_else(shards: Path, tmp_path: Path) -> None:
-    config = TWINS[0]
-    first = fit(config, shards, tmp_path / "first", "--trainer.max_epochs", "1")
-    source = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+def test_init_from_takes_weights_and_nothing_else(
+    wired_run: Path, shards: Path, tmp_path: Path
+) -> None:
+    source_path = wired_run / "checkpoints" / "last.ckpt"
+    source = torch.load(source_path, weights_only=True)
     second = fit(
-        config, shards, tmp_path / "second",
-        "--trainer.max_steps", "1",
+        TWINS[0], shards, tmp_path / "second",
+        *WIRING,
         "--model.lr", "0.0",  # no update: the weights must be the source's exactly
-        "--model.init_from", str(first / "checkpoints" / "last.ckpt"),
+        "--model.init_from", str(source_path),
     )
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 1  # a fresh fit, not a resumed one
@@ -85,11 +85,10 @@ def test_init_from_takes_weights_and_nothing_else(shards: Path, tmp_path: Path) 
 
 
 def test_init_from_refuses_another_version_and_another_width(
-    shards: Path, tmp_path: Path
+    wired_run: Path, shards: Path, tmp_path: Path
 ) -> None:
     config = TWINS[0]
-    run = fit(config, shards, tmp_path / "runs", "--trainer.max_epochs", "1")
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(wired_run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["vtsel_version"] = "99.0.0"
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
@@ -99,7 +98,7 @@ def test_init_from_refuses_another_version_and_another_width(
         fit(
             config, shards, tmp_path / "b",
             "--model.dim", "16",
-            "--model.init_from", str(run / "checkpoints" / "last.ckpt"),
+            "--model.init_from", str(wired_run / "checkpoints" / "last.ckpt"),
         )
 
 
@@ -115,10 +114,11 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(
     shards: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    run = fit(TWINS[0], shards, runs, "--trainer.max_epochs", "1")
+    short = ("--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")
+    run = fit(TWINS[0], shards, runs, *short, "--trainer.max_epochs", "1")
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     resumed_run = fit(
-        TWINS[0], shards, runs, "--trainer.max_epochs", "2", "--ckpt_path", "last"
+        TWINS[0], shards, runs, *short, "--trainer.max_epochs", "2", "--ckpt_path", "last"
     )  # fit() also checks that no second run folder appeared
     assert resumed_run == run
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -130,7 +130,7 @@ def test_ckpt_path_under_other_model_settings_is_refused_naming_them(
     shards: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    run = fit(TWINS[0], shards, runs, "--trainer.max_steps", "1")
+    run = fit(TWINS[0], shards, runs, *WIRING)
     before = (run / "checkpoints" / "last.ckpt").read_bytes()
     for resumed in ("last", str(run / "checkpoints" / "last.ckpt")):
         with pytest.raises(ValueError, match=r"dim: 32 in the checkpoint, 64 here.*init_from"):
@@ -178,7 +178,7 @@ def test_ckpt_path_last_without_a_run_says_where_it_looked(shards: Path, tmp_pat
 def test_the_console_script_exits_zero_after_a_fit(shards: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "vtsel"  # the entry point pyproject.toml installs
     finished = subprocess.run(
-        [str(script), *fit_args(TWINS[0], shards, tmp_path / "runs", "--trainer.max_steps", "1")],
+        [str(script), *fit_args(TWINS[0], shards, tmp_path / "runs", *WIRING)],
         capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]

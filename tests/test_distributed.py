@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import MakeShards
-from tests.fit_support import LOSS_TAGS, TWINS, fit, fit_args
+from tests.fit_support import LOSS_TAGS, REPO, TWINS, add_callback, fit, fit_command
 
-REPO = Path(__file__).parents[1]
 TWIN_CONFIGS = {config.stem: config for config in TWINS}
 BATCH_SIZE = 4  # the twins' data.batch_size
 TRAIN_SAMPLES = 30  # 8 shards of 4, the last of 2: uneven on purpose
@@ -30,21 +28,6 @@ def uneven_shards(tmp_path: Path, make_shards: MakeShards) -> Path:
     make_shards(tmp_path / "shards" / "train", num_samples=TRAIN_SAMPLES, seed=0)
     make_shards(tmp_path / "shards" / "val", num_samples=8, seed=1)  # one shard per rank
     return tmp_path / "shards"
-
-
-def fit_command(shards: Path, runs: Path, *extra: str) -> list[str]:
-    """``vtsel fit`` on the demo twin as a fresh process, as a user (or DDP's launcher) runs it.
-
-    A subprocess, not ``main()``: DDP's launcher re-executes the command line for rank 1, and a
-    killed fit must be a real process.
-    """
-    args = fit_args(TWIN_CONFIGS["demo"], shards, runs, *extra)
-    return [sys.executable, "-m", "vtsel.cli", *args]
-
-
-def add_callback(class_path: str, **init_args: Any) -> str:
-    """A ``--trainer.callbacks+=`` argument that appends one callback to the preset's list."""
-    return "--trainer.callbacks+=" + json.dumps({"class_path": class_path, "init_args": init_args})
 
 
 def weights_sha256(module: L.LightningModule) -> str:

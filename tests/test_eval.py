@@ -16,7 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import Exported, write_feature_shards
-from tests.fit_support import fit
+from tests.fit_support import JUDGE_TWIN, SCORED, fit
 from vtsel.cli import main
 from vtsel.contract import FeatureContractError
 from vtsel.data.format import (
@@ -29,20 +29,18 @@ from vtsel.fidelity import PAPER_KEEP_RATIOS, evaluate
 from vtsel.fidelity.metrics import METRIC_BY_NAME
 from vtsel.fidelity.runner import JudgeGateError
 
-JUDGE_TWIN = Path(__file__).parent / "conf" / "judge" / "demo.yaml"
 NUM_HELD_OUT = 10
-SCORED = ["random", "uniform", "spread", "norm", "divprune", "selector"]  # shards lack attention
 BUDGETS = sorted({*PAPER_KEEP_RATIOS, 0.25})
 
 
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real judge fit of the demo twin on shards of the test encoder (4x4 grid, C=32)."""
+    """A real judge fit of the demo twin (its full two epochs, not the one-step wiring: the
+    gate's verdict is what these tests check) on shards of the test encoder (4x4 grid, C=32)."""
     root = tmp_path_factory.mktemp("judge")
     write_feature_shards(root / "shards" / "train", num_samples=16, seed=0)
     write_feature_shards(root / "shards" / "val", num_samples=4, seed=1)
-    run = fit(JUDGE_TWIN, root / "shards", root / "runs")
-    return run / "checkpoints" / "last.ckpt"
+    return fit(JUDGE_TWIN, root / "shards", root / "runs") / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

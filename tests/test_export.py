@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import Exported, write_feature_shards
-from tests.fit_support import fit
-from tests.test_eval import JUDGE_TWIN
+from tests.fit_support import JUDGE_TWIN, fit
 from vtsel.cli import main
 from vtsel.flops import selector_config_of
 from vtsel.inference import CONFIG_FILE, WEIGHTS_FILE, KeptTokens, TokenSelector

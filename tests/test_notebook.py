@@ -13,11 +13,9 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import Exported, write_feature_shards
-from tests.fit_support import fit
-from tests.test_eval import SCORED
+from tests.fit_support import SCORED
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
-JUDGE_TWIN = Path(__file__).parent / "conf" / "judge" / "demo.yaml"
 PARAMETERS = {
     "SELECTOR", "SHARDS", "JUDGE", "REGIONS", "OUT", "KEEP", "METHODS", "NUM_CROPS",
     "ALLOW_FAILED_JUDGE",
@@ -61,12 +59,8 @@ def outputs_of(notebook: nbformat.NotebookNode, kind: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real judge fit of the demo twin on shards of the test encoder (4x4 grid, C=32)."""
-    root = tmp_path_factory.mktemp("judge")
-    write_feature_shards(root / "shards" / "train", num_samples=16, seed=0)
-    write_feature_shards(root / "shards" / "val", num_samples=4, seed=1)
-    return fit(JUDGE_TWIN, root / "shards", root / "runs") / "checkpoints"
+def judge(wired_judge_run: Path) -> Path:
+    return wired_judge_run / "checkpoints"
 
 
 def test_committed_notebook_has_no_outputs_and_one_parameters_cell() -> None:
@@ -93,7 +87,7 @@ def test_quickstart_runs_on_the_exported_selector_and_a_judge(
             "OUT": str(out),
             "KEEP": KEEP,
             "NUM_CROPS": 3,
-            # a two-epoch judge on random features cannot pass the gate; the report says so
+            # a one-step judge is a wiring check, not a judge: let a failed gate through
             "ALLOW_FAILED_JUDGE": True,
         }
     )

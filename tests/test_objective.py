@@ -37,7 +37,8 @@ def test_objective_sums_its_terms() -> None:
     feats, feats_rec = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
     image, image_rec = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     mask = torch.tensor([[1.0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
-    terms = SelectionObjective(image_weight=2.0)(feats_rec, feats, image_rec, image, mask)
+    objective = SelectionObjective(image_weight=2.0)
+    terms = objective.penalized(objective.reconstruction(feats_rec, feats, image_rec, image, mask))
     assert terms.keep_ratio.item() == pytest.approx(7 / 12)
     assert terms.regularizer.item() == pytest.approx(0.1 * 0.6 - 0.1 * 0.1)
     expected = terms.feature + 2.0 * terms.image + terms.regularizer

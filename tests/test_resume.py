@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import MakeShards
-from tests.test_distributed import REPO, add_callback, fit_command
+from tests.fit_support import REPO, add_callback, fit_command
 
 KILL_AFTER_STEP = 4
 EVERY_N_STEPS = 2
