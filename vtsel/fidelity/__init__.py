@@ -10,7 +10,8 @@ text-bearing tokens kept where text boxes are known.
 from vtsel.fidelity.gate import GateReport, check_judge
 from vtsel.fidelity.judge import Judge
 from vtsel.fidelity.lineup import BASELINES
-from vtsel.fidelity.runner import PAPER_KEEP_RATIOS, EvalReport, JudgeGateError, evaluate
+from vtsel.fidelity.report import EvalReport
+from vtsel.fidelity.runner import PAPER_KEEP_RATIOS, JudgeGateError, evaluate
 
 __all__ = [
     "BASELINES",

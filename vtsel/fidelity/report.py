@@ -11,15 +11,49 @@ import csv
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtsel.budget import Budget
+from vtsel.fidelity.gate import GateReport
 from vtsel.fidelity.metrics import METRICS
-from vtsel.outputs import atomic_open
+from vtsel.fidelity.plots import plot_metrics, write_tensorboard
+from vtsel.outputs import atomic_open, write_atomically
 
 METRIC_COLUMNS = tuple(metric.name for metric in METRICS)
 SAMPLE_COLUMNS = ("method", "keep_ratio", "keep_tokens", "key", "source_key", *METRIC_COLUMNS)
 RESULT_COLUMNS = ("method", "keep_ratio", "keep_tokens", "samples", "text_samples", *METRIC_COLUMNS)
+
+
+@dataclass
+class EvalReport:
+    """What ``evaluate`` measured and where it wrote it.
+
+    Attributes:
+        summary: One dict per method x budget (``results.csv``'s rows): ``method``,
+            ``keep_ratio``, ``keep_tokens``, ``samples``, ``text_samples`` and each metric's mean.
+        methods: The methods scored, in table order.
+        budgets: The budgets, ascending.
+        num_tokens: Tokens of one crop, which the budgets are shares of.
+        notes: Methods skipped and other caveats, also written into ``report.md``.
+        gate: The judge's sanity gate on these shards (``vtsel.fidelity.gate``).
+        files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
+    """
+
+    summary: list[dict]
+    methods: list[str]
+    budgets: list[Budget]
+    num_tokens: int
+    notes: list[str]
+    gate: GateReport
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def value(self, method: str, keep_ratio: float, metric: str) -> float:
+        """One metric's mean for a method at a budget, e.g. ``("selector", 0.25, "feat_mse")``."""
+        for row in self.summary:
+            if row["method"] == method and abs(row["keep_ratio"] - keep_ratio) < 1e-9:
+                return float(row[metric])
+        raise KeyError(f"no result for method {method!r} at keep ratio {keep_ratio}")
 
 
 def summarize(
@@ -156,3 +190,49 @@ def markdown_tables(
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables) + "\n"
+
+
+def write_report(out_dir: Path, report: EvalReport, settings: dict, tensorboard: bool) -> None:
+    """results.csv, report.md, metrics.png and the TensorBoard run of a finished evaluation;
+    their paths into ``report.files``."""
+    report.files.update(
+        samples=out_dir / "samples.csv",
+        results=out_dir / "results.csv",
+        report=out_dir / "report.md",
+        plot=out_dir / "metrics.png",
+    )
+    write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
+    tables = markdown_tables(report.summary, report.methods, report.budgets, report.num_tokens)
+    header = _header(report.summary, settings, report.notes, report.gate)
+    write_atomically(report.files["report"], header + tables)
+    figure = plot_metrics(report.summary, report.methods)
+    with atomic_open(report.files["plot"], "wb") as file:
+        figure.savefig(file, dpi=120, format="png")
+    if tensorboard:
+        report.files["tensorboard"] = out_dir / "tensorboard"
+        write_tensorboard(report.summary, figure, report.files["tensorboard"])
+
+
+def _header(summary: list[dict], settings: dict, notes: list[str], gate: GateReport) -> str:
+    num_crops = max((row["samples"] for row in summary), default=0)
+    text_crops = max((row["text_samples"] for row in summary), default=0)
+    banner = [] if gate.passed else [
+        "**The judge FAILED its sanity gate: these numbers do not rank the methods.**", ""
+    ]
+    lines = [
+        "# Token selection scored by an independent judge",
+        "",
+        *banner,
+        f"- held-out shards `{settings['shards']}`: {num_crops} crops"
+        + (f", {text_crops} with text regions" if settings["regions"] else ""),
+        f"- judge `{settings['judge']}`: reconstructors trained on drawn mask families only "
+        "(never a trained selector's)",
+        *gate.lines(),
+        *([f"- selector `{settings['selector']}`"] if settings["selector"] else []),
+        "- budgets are tokens kept per crop; each value is the mean over crops (text recall: "
+        f"over crops with text; a token is text when text covers >= "
+        f"{100 * settings['text_min_cover']:g}% of it)",
+        *(f"- note: {note}" for note in notes),
+        "",
+    ]
+    return "\n".join(lines) + "\n"

@@ -11,31 +11,29 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vtsel.budget import Budget
-from vtsel.fidelity.gate import GateReport, check_judge
+from vtsel.fidelity.gate import check_judge
 from vtsel.fidelity.judge import Judge
 from vtsel.fidelity.lineup import Lineup, build_lineup, method_names
 from vtsel.fidelity.metrics import reconstruction_scores
-from vtsel.fidelity.plots import plot_metrics, write_tensorboard
 from vtsel.fidelity.report import (
-    RESULT_COLUMNS,
     SAMPLE_COLUMNS,
+    EvalReport,
     SampleLog,
     iter_samples,
-    markdown_tables,
     summarize,
     write_csv,
+    write_report,
 )
 from vtsel.fidelity.shards import EvalBatch, HeldOutShards
 from vtsel.fidelity.text_recall import TextRegions, text_recall
 from vtsel.inference import WEIGHTS_FILE
-from vtsel.outputs import atomic_open, write_atomically
+from vtsel.outputs import write_atomically
 
 PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2880 tokens
 SETTINGS_FILE = "eval.json"
@@ -43,37 +41,6 @@ SETTINGS_FILE = "eval.json"
 
 class JudgeGateError(ValueError):
     """The judge failed its sanity gate on the shards to evaluate: its table would mislead."""
-
-
-@dataclass
-class EvalReport:
-    """What ``evaluate`` measured and where it wrote it.
-
-    Attributes:
-        summary: One dict per method x budget (``results.csv``'s rows): ``method``,
-            ``keep_ratio``, ``keep_tokens``, ``samples``, ``text_samples`` and each metric's mean.
-        methods: The methods scored, in table order.
-        budgets: The budgets, ascending.
-        num_tokens: Tokens of one crop, which the budgets are shares of.
-        notes: Methods skipped and other caveats, also written into ``report.md``.
-        gate: The judge's sanity gate on these shards (``vtsel.fidelity.gate``).
-        files: ``results``, ``samples``, ``report``, ``plot`` and (if written) ``tensorboard``.
-    """
-
-    summary: list[dict]
-    methods: list[str]
-    budgets: list[Budget]
-    num_tokens: int
-    notes: list[str]
-    gate: GateReport
-    files: dict[str, Path] = field(default_factory=dict)
-
-    def value(self, method: str, keep_ratio: float, metric: str) -> float:
-        """One metric's mean for a method at a budget, e.g. ``("selector", 0.25, "feat_mse")``."""
-        for row in self.summary:
-            if row["method"] == method and abs(row["keep_ratio"] - keep_ratio) < 1e-9:
-                return float(row[metric])
-        raise KeyError(f"no result for method {method!r} at keep ratio {keep_ratio}")
 
 
 def keep_budgets(keep: Sequence[float], paper_budgets: bool) -> list[Budget]:
@@ -186,7 +153,7 @@ def evaluate(
         log.close()
     summary = summarize(iter_samples(log.path), list(lineup.methods), budgets, num_tokens)
     report = EvalReport(summary, list(lineup.methods), budgets, num_tokens, notes, gate)
-    _write_files(out_dir, report, settings, tensorboard)
+    write_report(out_dir, report, settings, tensorboard)
     return report
 
 
@@ -281,51 +248,6 @@ def _resume(out_dir: Path, settings: dict, rows_per_key: int) -> set[str]:
     kept_rows = (row for row in iter_samples(samples_path) if row["key"] in complete)
     write_csv(samples_path, kept_rows, SAMPLE_COLUMNS)
     return complete
-
-
-def _write_files(out_dir: Path, report: EvalReport, settings: dict, tensorboard: bool) -> None:
-    """results.csv, report.md, metrics.png and the TensorBoard run; paths into ``report``."""
-    report.files.update(
-        samples=out_dir / "samples.csv",
-        results=out_dir / "results.csv",
-        report=out_dir / "report.md",
-        plot=out_dir / "metrics.png",
-    )
-    write_csv(report.files["results"], report.summary, RESULT_COLUMNS)
-    tables = markdown_tables(report.summary, report.methods, report.budgets, report.num_tokens)
-    header = _header(report.summary, settings, report.notes, report.gate)
-    write_atomically(report.files["report"], header + tables)
-    figure = plot_metrics(report.summary, report.methods)
-    with atomic_open(report.files["plot"], "wb") as file:
-        figure.savefig(file, dpi=120, format="png")
-    if tensorboard:
-        report.files["tensorboard"] = out_dir / "tensorboard"
-        write_tensorboard(report.summary, figure, report.files["tensorboard"])
-
-
-def _header(summary: list[dict], settings: dict, notes: list[str], gate: GateReport) -> str:
-    num_crops = max((row["samples"] for row in summary), default=0)
-    text_crops = max((row["text_samples"] for row in summary), default=0)
-    banner = [] if gate.passed else [
-        "**The judge FAILED its sanity gate: these numbers do not rank the methods.**", ""
-    ]
-    lines = [
-        "# Token selection scored by an independent judge",
-        "",
-        *banner,
-        f"- held-out shards `{settings['shards']}`: {num_crops} crops"
-        + (f", {text_crops} with text regions" if settings["regions"] else ""),
-        f"- judge `{settings['judge']}`: reconstructors trained on drawn mask families only "
-        "(never a trained selector's)",
-        *gate.lines(),
-        *([f"- selector `{settings['selector']}`"] if settings["selector"] else []),
-        "- budgets are tokens kept per crop; each value is the mean over crops (text recall: "
-        f"over crops with text; a token is text when text covers >= "
-        f"{100 * settings['text_min_cover']:g}% of it)",
-        *(f"- note: {note}" for note in notes),
-        "",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def _progress() -> Progress:
