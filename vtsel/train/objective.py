@@ -84,18 +84,6 @@ class SelectionObjective:
             return self.alpha_p * keep_ratio
         return band_penalty(keep_ratio, self.p, self.q, self.alpha_p, self.alpha_q)
 
-    def __call__(
-        self,
-        feats_rec: torch.Tensor,  # (B, L, C)
-        feats: torch.Tensor,  # (B, L, C) normalised target
-        image_rec: torch.Tensor,  # (B, 3, S, S)
-        image: torch.Tensor,  # (B, 3, S, S)
-        mask: torch.Tensor,  # (B, L)
-    ) -> LossTerms:
-        terms = self.reconstruction(feats_rec, feats, image_rec, image, mask)
-        regularizer = self.penalty(terms.keep_ratio)
-        return replace(terms, total=terms.total + regularizer, regularizer=regularizer)
-
     def reconstruction(
         self,
         feats_rec: torch.Tensor,  # (B, L, C)
@@ -104,9 +92,15 @@ class SelectionObjective:
         image: torch.Tensor,  # (B, 3, S, S)
         mask: torch.Tensor,  # (B, L)
     ) -> LossTerms:
-        """The reconstruction terms alone (regularizer 0): for masks that are drawn, not learned."""
+        """The reconstruction terms alone (regularizer 0); ``penalized`` adds eq. 8's penalty for
+        the learned mask."""
         feature = F.mse_loss(feats_rec.float(), feats.float())
         image_term = F.mse_loss(image_rec.float(), image.float())
         keep_ratio = mask.float().mean()
         total = feature + self.image_weight * image_term
         return LossTerms(total, feature, image_term, keep_ratio, torch.zeros_like(total))
+
+    def penalized(self, terms: LossTerms) -> LossTerms:
+        """Eq. 8: the reconstruction terms of the learned mask plus its keep-ratio penalty."""
+        regularizer = self.penalty(terms.keep_ratio)
+        return replace(terms, total=terms.total + regularizer, regularizer=regularizer)

@@ -168,7 +168,10 @@ class SelectorModule(ReconstructionTask):
         decoupled = self.hparams.masking == "decoupled"
         rebuild = self._reconstruct_without_learning if decoupled else self.reconstruct
         feats_rec, image_rec = rebuild(normed, selection.mask)
-        terms = self.objective(feats_rec, normed, image_rec, batch["image"], selection.mask)
+        reconstruction = self.objective.reconstruction(
+            feats_rec, normed, image_rec, batch["image"], selection.mask
+        )
+        terms = self.objective.penalized(reconstruction)
         if self.training and self.hparams.topk_weight > 0:
             topk_loss = self._topk_loss(batch, normed, selection.keep_logits, rebuild, generator)
             terms = replace(
