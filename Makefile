@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 DEMO := data/demo
 ENCODER := data/encoders/dinov2-small-imgfocus
 
-.PHONY: install demo test test-slow bench clean-demo
+.PHONY: install demo test test-slow test-lmms bench clean-demo
 
 # The venv is rebuilt when pyproject.toml changes. torch/torchvision are pinned there. The
 # library alone is `pip install .`; the demo and the tests need every extra.
@@ -56,6 +56,17 @@ test: $(INSTALLED)
 # Tests marked slow (2-process DDP and other long runs), kept out of `make test`.
 test-slow: $(INSTALLED)
 	$(BIN)/pytest -m slow
+
+# The lmms-eval model's tests, in a venv of their own: lmms-eval brings ~80 packages that
+# neither the library nor `make test` needs.
+LMMS_VENV := .venv-lmms
+$(LMMS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/pip install --quiet -e '.[lmms,demo,dev]'
+	touch $@
+
+test-lmms: $(LMMS_VENV)/.installed
+	$(LMMS_VENV)/bin/pytest -m lmms
 
 # Every benchmark script; each rewrites its own sections of BENCHMARKS.md (~30 min on 2 cores)
 bench: $(INSTALLED)

@@ -93,21 +93,26 @@ class VisionLanguageModel:
         self.prompt = prompt
         self.instruction = instruction
 
-    def text(self, question: str) -> str:
-        """The model's full prompt for one question about one image."""
+    def text(self, question: str, images: int = 1) -> str:
+        """The model's full prompt for one question about ``images`` images (the chat
+        template's; a ``--prompt`` template holds its own image token, one image)."""
         asked = f"{question}\n{self.instruction}" if self.instruction else question
         if self.prompt is not None:
             return self.prompt.format(question=asked)
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": asked}]}
-        ]
+        content = [{"type": "image"}] * images + [{"type": "text", "text": asked}]
+        messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def inputs(self, questions: Sequence[Question]) -> BatchFeature:
-        """Processor outputs for a batch (tokens padded on the left), on the model's device."""
+        """Processor outputs for a batch of questions, read from their image files."""
         images = [_read_image(question.image) for question in questions]
-        texts = [self.text(question.question) for question in questions]
-        batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        return self.encode(images, [self.text(question.question) for question in questions])
+
+    def encode(self, images: Sequence[Image.Image], texts: Sequence[str]) -> BatchFeature:
+        """Processor outputs for prompts and their images (tokens padded on the left), on the
+        model's device."""
+        batch = self.processor(images=list(images), text=list(texts), padding=True,
+                               return_tensors="pt")
         return batch.to(self.device, dtype=self.dtype)  # casts only the floating tensors
 
     @torch.inference_mode()

@@ -1,0 +1,1 @@
+"""vtsel's tests: a regular package, so `tests.*` helpers win over any installed `tests`."""
