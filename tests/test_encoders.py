@@ -336,3 +336,61 @@ def _views(encoder: OpenClipEncoder, count: int) -> list[Image.Image]:
     """``count`` different square views of the photo at the encoder's input size."""
     side = encoder.image_size
     return [PHOTO.crop((60 * i, 60 * i, 60 * i + side, 60 * i + side)) for i in range(count)]
+
+
+def _received(attentions: torch.Tensor) -> torch.Tensor:
+    """Attention each patch receives (B, N - 1) from eager weights (B, heads, N, N): the
+    head-averaged map's column mean over all queries, CLS column dropped."""
+    return attentions.mean(dim=1).mean(dim=1)[:, 1:]
+
+
+def test_llava_next_and_internvl_received_attention_are_the_eager_column_means(
+    llava_dir: Path, llava: LlavaNextForConditionalGeneration,
+    internvl_dir: Path, internvl: InternVLForConditionalGeneration,
+) -> None:
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    tower = LlavaNextVisionTower(str(llava_dir), received_attention=True)
+    assert tower.received_layers == (1, 2)  # 9/24 of 3 blocks -> 1; features from block 2
+    with torch.no_grad():
+        encoded = tower(pixels)
+        eager = llava.model.vision_tower(pixels, output_attentions=True).attentions
+    expected = torch.stack([_received(eager[0]), _received(eager[1])], dim=1)  # (2, 2, 16)
+    torch.testing.assert_close(encoded.received_attention, expected, atol=1e-5, rtol=0)
+    # InternViT with q/k norms, before and after its pixel shuffle (2x2 groups summed)
+    plain = InternVisionTower(str(internvl_dir), pixel_shuffle=False, received_attention=True)
+    folded = InternVisionTower(str(internvl_dir), received_attention=True)
+    assert plain.received_layers == (1, 2)
+    with torch.no_grad():
+        eager = internvl.model.vision_tower(pixels, output_attentions=True).attentions
+        unfolded, shuffled = plain(pixels), folded(pixels)
+    expected = torch.stack([_received(eager[0]), _received(eager[1])], dim=1)  # (2, 2, 64)
+    torch.testing.assert_close(unfolded.received_attention, expected, atol=1e-5, rtol=0)
+    groups = expected.view(2, 2, 4, 2, 4, 2).sum(dim=(3, 5)).view(2, 2, 16)
+    torch.testing.assert_close(shuffled.received_attention, groups, atol=1e-5, rtol=0)
+
+
+def test_open_clip_received_attention_is_its_blocks_own() -> None:
+    """Column means of torch's own MultiheadAttention weights on the inputs of HiPrune's object
+    block (4 of ViT-S-16's 12: 9/24 * 12 = 4.5 rounds to even) and of the feature block (11)."""
+    encoder = OpenClipEncoder("ViT-S-16", layer=-2, received_attention=True)
+    assert encoder.received_layers == (4, 11)
+    visual = encoder.visual
+    pixels = torch.stack([encoder.normalize(view) for view in _views(encoder, 2)])
+    expected = []
+    with torch.no_grad():
+        encoded = encoder(pixels)
+        for block_index in (3, 10):  # 0-based; its input is the output of the block before
+            before = visual.forward_intermediates(
+                pixels, indices=[block_index - 1], intermediates_only=True,
+                output_fmt="NLC", output_extra_tokens=True,
+            )
+            tokens = torch.cat([before["image_intermediates_prefix"][0],
+                                before["image_intermediates"][0]], dim=1)  # (2, 197, 384)
+            block = visual.transformer.resblocks[block_index]
+            normed = block.ln_1(tokens)
+            _, weights = block.attn(normed, normed, normed, need_weights=True)  # heads averaged
+            expected.append(weights.mean(dim=1)[:, 1:])  # (2, 196)
+    assert encoded.attention is None
+    torch.testing.assert_close(encoded.received_attention, torch.stack(expected, dim=1),
+                               atol=1e-5, rtol=0)
+    assert encoder.describe()["received_layers"] == [4, 11]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -26,8 +27,12 @@ from vtsel.data.format import (
     write_sizes,
 )
 from vtsel.fidelity import PAPER_KEEP_RATIOS, evaluate
+from vtsel.fidelity.judge import Judge
 from vtsel.fidelity.metrics import METRIC_BY_NAME
 from vtsel.fidelity.runner import JudgeGateError
+from vtsel.fidelity.shards import HeldOutShards
+from vtsel.methods import HiPruneStyle, VisionZipStyle
+from vtsel.models.blocks import normalize_tokens
 
 NUM_HELD_OUT = 10
 BUDGETS = sorted({*PAPER_KEEP_RATIOS, 0.25})
@@ -182,8 +187,10 @@ def test_an_out_folder_of_another_evaluation_is_refused(
         run_eval(held_out, judge, out, exported, seed=1)
 
 
-def write_attention_shards(directory: Path, num_samples: int) -> Path:
-    """Shards like the test fixture's, each sample with an ``attn.npy`` (L,)."""
+def write_attention_shards(directory: Path, num_samples: int, received: bool = True) -> Path:
+    """Shards like the test fixture's, each sample with an ``attn.npy`` (L,) and, unless
+    ``received`` is False (shards extracted before HiPrune's maps), a ``recv_attn.npy``
+    (2, L)."""
     directory.mkdir(parents=True)
     rng = np.random.default_rng(3)
     with wds.ShardWriter(str(directory / SHARD_PATTERN), maxcount=100, verbose=0) as writer:
@@ -193,6 +200,7 @@ def write_attention_shards(directory: Path, num_samples: int) -> Path:
             writer.write(encode_sample(
                 rng.standard_normal((16, 32)).astype(np.float32), Image.fromarray(pixels), meta,
                 attention=rng.random(16).astype(np.float32),
+                received_attention=rng.random((2, 16)).astype(np.float32) if received else None,
             ))
     write_sizes(directory, {"shard-000000.tar": num_samples})
     return directory
@@ -207,6 +215,51 @@ def test_attention_methods_are_scored_when_the_shards_carry_attention(
     assert report.methods == ["visionzip", "hiprune"] and report.notes == []
     assert report.value("visionzip", 0.5, "feat_mse") > 0
     assert [row["samples"] for row in report.summary] == [5, 5]
+
+
+def test_eval_ranks_hiprune_by_both_received_maps_and_judges_visionzip_merged(
+    judge: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HiPrune is given the stored (B, 2, L) maps, VisionZip the CLS map; the judge reads
+    VisionZip's kept tokens with its contextual ones merged, every other token as stored."""
+    shards = write_attention_shards(tmp_path / "attention", 5)
+    stored = HeldOutShards(str(shards), Judge.from_checkpoint(judge).contract, 32)
+    batch = next(stored.batches(8))
+    given: dict[str, torch.Tensor] = {}
+    judged: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for method_class in (HiPruneStyle, VisionZipStyle):
+        def spy(self, features, keep, attention=None, real=method_class.select):
+            given[self.name] = attention
+            return real(self, features, keep, attention)
+        monkeypatch.setattr(method_class, "select", spy)
+    real_reconstruct = Judge.reconstruct
+    monkeypatch.setattr(Judge, "reconstruct", lambda self, normed, keep: (
+        judged.append((normed, keep)) or real_reconstruct(self, normed, keep)
+    ))
+    evaluate(str(shards), judge, tmp_path / "out", methods=["visionzip", "hiprune"],
+             keep=[0.5], paper_budgets=False, device="cpu", allow_failed_judge=True)
+    torch.testing.assert_close(given["hiprune"], batch.received_attention)
+    torch.testing.assert_close(given["visionzip"], batch.attention)
+    (zip_input, zip_keep), (hiprune_input, _) = judged
+    normed = normalize_tokens(batch.feats)  # (5, 16, 32)
+    torch.testing.assert_close(hiprune_input, normed)
+    # 8 kept of 16: round(54/64 * 8) = 7 dominant, 1 contextual token per crop, merged
+    changed = (zip_input != normed).any(dim=-1)  # (5, 16)
+    assert changed.sum(dim=-1).tolist() == [1] * 5 and bool(zip_keep[changed].all())
+    method = VisionZipStyle()
+    kept_idx = method(batch.feats, 8, batch.attention)
+    expected = normalize_tokens(method.kept_on_grid(batch.feats, kept_idx, batch.attention))
+    torch.testing.assert_close(zip_input, expected)
+
+
+def test_hiprune_on_shards_without_received_attention_ranks_by_the_cls_map_and_says_so(
+    judge: Path, tmp_path: Path
+) -> None:
+    shards = write_attention_shards(tmp_path / "cls_only", 5, received=False)
+    report = evaluate(str(shards), judge, tmp_path / "out", methods=["hiprune"], keep=[0.5],
+                      paper_budgets=False, device="cpu", allow_failed_judge=True)
+    assert report.methods == ["hiprune"]
+    assert len(report.notes) == 1 and "recv_attn.npy" in report.notes[0]
 
 
 def test_the_cli_writes_the_report_and_prints_where(

@@ -28,7 +28,7 @@ from tests.tiny_vlms import (
 from vtsel import Budget
 from vtsel.inference import TokenSelector
 from vtsel.integrations import attach, prune_inputs
-from vtsel.methods import LearnedSelection, SelectionMethod, build_method
+from vtsel.methods import LearnedSelection, SelectionMethod, VisionZipStyle, build_method
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 
@@ -300,6 +300,33 @@ def test_baselines_run_under_sdpa(family: str, name: str, request: pytest.Fixtur
     assert generated.shape[1] == pruned["input_ids"].shape[1] + 2
     assert (pruned["input_ids"] == token).sum() == sum(kept_tokens)
     assert sum(kept_tokens) < sum(full_tokens)
+
+
+class UnmergedVisionZip(VisionZipStyle):
+    """VisionZip's kept set handed on as raw tokens: what the integrations gave before."""
+
+    kept_features = SelectionMethod.kept_features
+
+
+@pytest.mark.parametrize("family", ["llava", "internvl"])
+def test_the_llm_reads_visionzips_contextual_tokens_merged(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    model, processor = request.getfixturevalue(family)
+    ask = ask_llava if family == "llava" else ask_internvl
+    inputs = ask(processor, photos((28, 56), (56, 56)))
+    encodings = []
+    for method in (VisionZipStyle(), UnmergedVisionZip()):
+        with attach(model, method, Budget(keep=0.5)) as handle:
+            prune_inputs(handle, inputs)
+            features = handle.last.features
+            encodings.append(torch.cat(list(features)) if isinstance(features, list)
+                             else features)
+    merged, unmerged = encodings  # (T, D) or (K, 1, D): the same kept positions, in order
+    assert merged.shape == unmerged.shape
+    differs = (merged != unmerged).flatten(1).any(dim=-1)
+    # only contextual tokens change: round(54/64 * k) of every crop's k are dominant
+    assert 0 < int(differs.sum()) <= int(0.25 * differs.numel())
 
 
 def test_the_tower_runs_once_per_batch(llava: Any) -> None:

@@ -9,9 +9,9 @@ from transformers import BatchFeature
 from vtsel.budget import Budget
 from vtsel.integrations.attention import attention_layers
 from vtsel.integrations.inputs import placeholder_runs, resize_placeholders
-from vtsel.integrations.masks import keep_mask
+from vtsel.integrations.masks import keep_mask, kept_tokens
 from vtsel.integrations.video import budget_groups
-from vtsel.methods import build_method
+from vtsel.methods import VisionZipStyle, build_method
 
 P = 9  # the placeholder id in hand-built prompts
 
@@ -27,6 +27,29 @@ def test_grid_methods_spread_their_budget_over_the_visible_rectangle() -> None:
     expected = [[1 + int(position) // 4, int(position) % 4] for position in on_rectangle]
     assert keep[0].view(4, 4).nonzero().tolist() == expected  # not the 4x4 lattice, cut
     assert keep[1].view(4, 4).nonzero().tolist() == [[1, 1], [1, 3], [3, 1], [3, 3]]
+
+
+def test_the_llm_reads_visionzips_merged_tokens_merged_within_the_visible_rectangle() -> None:
+    features, attention = torch.randn(2, 16, 8), torch.rand(2, 16)
+    candidates = torch.zeros(2, 4, 4, dtype=torch.bool)
+    candidates[0, 1:3] = True  # crop 0 shows rows 1-2 only (letterboxed)
+    candidates[1] = True
+    method = VisionZipStyle()
+    keep, handed_on = kept_tokens(method, features, (4, 4), candidates.view(2, 16),
+                                  [slice(0, 1), slice(1, 2)], Budget(k=4), attention)
+    assert torch.equal(keep, keep_mask(method, features, (4, 4), candidates.view(2, 16),
+                                       [slice(0, 1), slice(1, 2)], Budget(k=4), attention))
+    # crop 0: VisionZip on the 8 visible tokens (4..11) alone; only they can join its targets
+    visible = slice(4, 12)
+    kept_idx = method(features[:1, visible], 4, attention[:1, visible])
+    expected = method.kept_on_grid(features[:1, visible], kept_idx, attention[:1, visible])
+    torch.testing.assert_close(handed_on[0, visible], expected[0])
+    assert torch.equal(handed_on[0, :4], features[0, :4])  # padding is left as it is
+    expected = method.kept_on_grid(features[1:], method(features[1:], 4, attention[1:]),
+                                   attention[1:])
+    torch.testing.assert_close(handed_on[1], expected[0])
+    # one contextual token per crop (round(54/64 * 4) = 3 dominant) is merged, so differs
+    assert (handed_on != features).any(dim=-1).sum(dim=-1).tolist() == [1, 1]
 
 
 def test_clips_group_consecutive_images() -> None:

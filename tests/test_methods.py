@@ -197,7 +197,7 @@ def test_visionzip_splits_llava_budgets_as_the_paper() -> None:
     assert method.num_dominant(1) == 1 and method.num_dominant(2) == 1
 
 
-def test_visionzip_merge_averages_each_context_token_with_its_nearest_dropped_tokens() -> None:
+def test_visionzip_merge_adds_the_mean_of_its_nearest_dropped_tokens_to_each_target() -> None:
     east, north = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     # tokens: 0 dominant; 1 and 3 contextual (east-ish and north-ish); 2, 4 dropped.
     tokens = [3 * east + north, 2 * east, 4 * north, 6 * north, 4 * east]
@@ -206,7 +206,8 @@ def test_visionzip_merge_averages_each_context_token_with_its_nearest_dropped_to
     method = VisionZipStyle(dominant_fraction=1 / 3)
     indices = torch.tensor([[0, 1, 3]])
     merged = method.merge(features, indices, attention)
-    expected = torch.stack([tokens[0], (tokens[1] + tokens[4]) / 2, (tokens[3] + tokens[2]) / 2])
+    # VisionZip: target + mean(joiners); one joiner each here, so target + joiner
+    expected = torch.stack([tokens[0], tokens[1] + tokens[4], tokens[3] + tokens[2]])
     assert torch.allclose(merged[0], expected)
 
 
@@ -219,7 +220,7 @@ def test_visionzip_merge_groups_by_the_metric_when_given() -> None:
     attention = torch.tensor([[0.9, 0.0, 0.0, 0.0, 0.0]])
     method = VisionZipStyle(dominant_fraction=1 / 3)
     merged = method.merge(features, torch.tensor([[0, 1, 3]]), attention, metric=keys)
-    expected = torch.stack([tokens[0], (tokens[1] + tokens[2]) / 2, (tokens[3] + tokens[4]) / 2])
+    expected = torch.stack([tokens[0], tokens[1] + tokens[2], tokens[3] + tokens[4]])
     assert torch.allclose(merged[0], expected)
     with pytest.raises(ValueError, match="metric must be"):
         method.merge(features, torch.tensor([[0, 1, 3]]), attention, metric=keys[:, :4])
@@ -316,7 +317,8 @@ def test_inputs_outside_the_contract_are_refused() -> None:
 
 def test_registry_builds_by_name_and_lists_the_valid_names() -> None:
     assert isinstance(build_method("uniform", grid=GRID), UniformGrid)
-    names = {"random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune", "selector"}
+    baselines = {"random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune", "pact"}
+    names = baselines | {"selector"}
     assert set(METHODS) == names
     with pytest.raises(ValueError, match=", ".join(sorted(names))):
         build_method("fastv")

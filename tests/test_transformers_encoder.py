@@ -7,13 +7,25 @@ eager attention weights transformers returns.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
-from tests.extract_support import TOWER_CONFIG, TOWER_PATCH, TOWER_SIZE, TOWER_WIDTH, save_tower
+from tests.extract_support import (
+    TOWER_CONFIG,
+    TOWER_PATCH,
+    TOWER_SIZE,
+    TOWER_WIDTH,
+    read_split,
+    save_tower,
+    write_photos,
+)
+from vtsel.data.manifest import read_manifest
+from vtsel.extract import extract
 from vtsel.extract.encoders import TransformersEncoder
 
 # (config class, image processor class, extra config, prefix tokens before the patches)
@@ -115,3 +127,50 @@ def test_bad_folders_and_layers_are_refused_by_name(tmp_path: Path) -> None:
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"has no preprocessor_config\.json"):
         TransformersEncoder(str(folder))
+
+
+def test_received_attention_is_the_eager_maps_column_mean_at_both_layers(family: tuple) -> None:
+    """HiPrune's maps: the head-averaged attention each patch receives from all queries, in the
+    object block (the 9th of 24 scaled: block 1 of 3) and in the feature block (block 2)."""
+    _, folder, num_prefix = family
+    encoder = TransformersEncoder(str(folder), layer=-2, received_attention=True)
+    assert encoder.received_layers == (1, 2)
+    pixels = torch.randn(2, 3, TOWER_SIZE, TOWER_SIZE)
+    _, attentions = _reference(folder, pixels, -2)
+    expected = torch.stack([
+        attentions[block - 1].mean(dim=1).mean(dim=1)[:, num_prefix:]  # (B, patches)
+        for block in encoder.received_layers
+    ], dim=1)  # (B, 2, patches)
+    with torch.no_grad():
+        encoded = encoder(pixels)
+    assert encoded.attention is None  # the CLS map is its own option
+    torch.testing.assert_close(encoded.received_attention, expected, atol=1e-5, rtol=0)
+    assert encoder.describe()["received_layers"] == [1, 2]
+    assert "received_attention" not in TransformersEncoder(str(folder)).describe()
+
+
+def test_extraction_stores_received_attention_in_every_sample(tmp_path: Path) -> None:
+    folder = save_tower(tmp_path / "dino")
+    write_photos(tmp_path / "images", 3)
+    encoder = TransformersEncoder(str(folder), layer=-2, attention=True, received_attention=True)
+    out = tmp_path / "shards"
+    extract(str(tmp_path / "images"), str(out), encoder=encoder, val_fraction=0.0, batch_size=2,
+            num_workers=0, target_size=TOWER_SIZE)
+    manifest = read_manifest(out / "manifest.json")
+    assert manifest.attention and manifest.received_attention
+    samples = read_split(out, "train")
+    assert len(samples) == 3
+    for _, sample in samples:
+        crop = sample.image.resize((TOWER_SIZE, TOWER_SIZE))
+        with torch.no_grad():
+            encoded = encoder(encoder.normalize(crop)[None])
+        assert sample.received_attention.shape == (2, 16)
+        # stored as float16; the crop is re-read from the stored PNG at the same size
+        np.testing.assert_allclose(
+            sample.received_attention, encoded.received_attention[0].numpy(), atol=2e-3
+        )
+    # a manifest written before the key existed reads as without received attention
+    written = json.loads((out / "manifest.json").read_text())
+    del written["received_attention"]
+    (out / "manifest.json").write_text(json.dumps(written))
+    assert read_manifest(out / "manifest.json").received_attention is False

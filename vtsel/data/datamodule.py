@@ -39,7 +39,8 @@ class FeatureShardDataModule(L.LightningDataModule):
 
     Each batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1],
     "key": list of B sample keys}`` with L = H*W, plus ``"attention": (B, L) float32`` when the
-    shards store it (``attn.npy``). Before any tar is read, the ``manifest.json`` that
+    shards store it (``attn.npy``) and ``"received_attention": (B, 2, L)`` (``recv_attn.npy``)
+    likewise. Before any tar is read, the ``manifest.json`` that
     ``vtsel extract`` wrote next to each shard folder is checked against ``feature_dim``,
     ``grid_size`` and ``encoder``; folders without one (older shards) only get a warning, and
     every sample's ``meta.json`` is still checked as it is read. Training streams are endless and

@@ -11,6 +11,10 @@ A shard is a WebDataset tar; each sample is one encoder crop and holds these mem
 - ``<key>.attn.npy``  optional, (L,) float16: how much attention each token receives from the
   encoder (e.g. the CLS token's), for selection methods that rank tokens by it. Either every
   sample of an extraction has it or none does.
+- ``<key>.recv_attn.npy``  optional, (2, L) float16: the attention each token *receives*
+  (head-averaged map, mean over all queries, prefix columns dropped) in HiPrune's object layer
+  and in the feature layer, in that order. Either every sample of an extraction has it or none
+  does; shards written before it existed simply lack it.
 
 ``<key>`` is :func:`sample_key` of the source image's key and the crop index: reversible, so the
 source key never has to be guessed back from a mangled name.
@@ -42,6 +46,8 @@ FEATS = "feats.npy"
 IMAGE = "image.png"
 META = "meta.json"
 ATTN = "attn.npy"
+RECV_ATTN = "recv_attn.npy"
+RECEIVED_MAPS = 2  # rows of recv_attn.npy: (object layer, feature layer)
 SIZES_FILE = "sizes.json"
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -137,12 +143,15 @@ def encode_sample(
     image: Image.Image | bytes,
     meta: SampleMeta,
     attention: np.ndarray | None = None,
+    received_attention: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Bytes for ``wds.ShardWriter.write``; ``feats`` (L, C) and ``attention`` (L,) are stored
-    as float16, ``image`` is a PIL image or its :func:`encode_png` bytes.
+    """Bytes for ``wds.ShardWriter.write``; ``feats`` (L, C), ``attention`` (L,) and
+    ``received_attention`` (2, L) are stored as float16, ``image`` is a PIL image or its
+    :func:`encode_png` bytes.
 
     Raises:
-        FeatureContractError: ``feats`` or ``attention`` do not fit ``meta``'s grid and width.
+        FeatureContractError: ``feats`` or an attention map do not fit ``meta``'s grid and
+            width.
         CorruptSampleError: A value is not finite in float16 (NaN, or beyond +-65504): stored,
             the reader would reject it, so the caller skips the crop instead.
     """
@@ -157,8 +166,14 @@ def encode_sample(
             f"attention of shape {tuple(attention.shape)} does not match grid {h}x{w} for "
             f"source {meta.source_key!r}"
         )
+    if received_attention is not None and received_attention.shape != (RECEIVED_MAPS, h * w):
+        raise FeatureContractError(
+            f"received attention of shape {tuple(received_attention.shape)} is not "
+            f"({RECEIVED_MAPS}, {h * w}) for grid {h}x{w} of source {meta.source_key!r}"
+        )
     key = sample_key(meta.source_key, meta.crop_index)
-    stored = {FEATS: feats} if attention is None else {FEATS: feats, ATTN: attention}
+    optional = {ATTN: attention, RECV_ATTN: received_attention}
+    stored = {FEATS: feats, **{name: v for name, v in optional.items() if v is not None}}
     sample: dict[str, Any] = {"__key__": key}
     for name, values in stored.items():
         half = np.ascontiguousarray(values, dtype=np.float16)
@@ -181,6 +196,7 @@ class DecodedSample:
     image: Image.Image  # RGB
     meta: SampleMeta
     attention: np.ndarray | None = None  # (L,) float32, when the shard stores it
+    received_attention: np.ndarray | None = None  # (2, L) float32, when the shard stores it
 
     @property
     def contract(self) -> FeatureContract:
@@ -199,9 +215,10 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
         image = Image.open(io.BytesIO(raw[IMAGE]))
         image.load()
         meta = SampleMeta.from_json(raw[META])
-        attention = (
-            np.load(io.BytesIO(raw[ATTN]), allow_pickle=False).astype(np.float32)
-            if ATTN in raw else None
+        attention, received = (
+            np.load(io.BytesIO(raw[name]), allow_pickle=False).astype(np.float32)
+            if name in raw else None
+            for name in (ATTN, RECV_ATTN)
         )
     except Exception as err:  # any decoding failure is a corrupt sample
         raise CorruptSampleError(f"{where} cannot be decoded: {err}") from err
@@ -222,7 +239,14 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
             f"{where} has attention of shape {attention.shape} (or non-finite), expected "
             f"({feats.shape[0]},) finite"
         )
-    return DecodedSample(feats, image.convert("RGB"), meta, attention)
+    if received is not None and (
+        received.shape != (RECEIVED_MAPS, feats.shape[0]) or not np.isfinite(received).all()
+    ):
+        raise CorruptSampleError(
+            f"{where} has received attention of shape {received.shape} (or non-finite), "
+            f"expected ({RECEIVED_MAPS}, {feats.shape[0]}) finite"
+        )
+    return DecodedSample(feats, image.convert("RGB"), meta, attention, received)
 
 
 def read_sizes(shard_dir: Path) -> dict[str, int]:

@@ -40,6 +40,9 @@ class Manifest:
         feature_dim: Width C of every token.
         image_size: Side S of the encoder's square input.
         attention: Whether every sample has an ``attn.npy`` member.
+        received_attention: Whether every sample has a ``recv_attn.npy`` member (the attention
+            tokens receive in HiPrune's object layer and the feature layer); manifests written
+            before it existed read as False.
         feature_dtype: How features are stored (``float16``).
         target_size: Side of each sample's ``image.png``.
         config: Everything that decides the samples' content (encoder and crop plan
@@ -57,6 +60,7 @@ class Manifest:
     target_size: int
     config: dict[str, Any]
     inputs: dict[str, Any]
+    received_attention: bool = False
 
     @property
     def contract(self) -> FeatureContract:
@@ -87,6 +91,7 @@ class Manifest:
             target_size=int(content["target_size"]),
             config=dict(content["config"]),
             inputs=dict(content["inputs"]),
+            received_attention=bool(content.get("received_attention", False)),
         )
 
 

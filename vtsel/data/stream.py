@@ -1,7 +1,8 @@
 """WebDataset pipelines that turn feature shards into training and validation batches.
 
 A batch is ``{"feats": (B, L, C) float32, "image": (B, 3, S, S) float32 in [0, 1], "key": [B]}``,
-plus ``"attention": (B, L) float32`` when the shards store each token's attention.
+plus ``"attention": (B, L) float32`` when the shards store each token's CLS attention and
+``"received_attention": (B, 2, L) float32`` when they store the attention tokens receive.
 The DataModule decides how many batches each worker makes; this module only builds the streams.
 """
 
@@ -21,7 +22,15 @@ import webdataset as wds
 from PIL import Image
 
 from vtsel.contract import FeatureContract, FeatureContractError
-from vtsel.data.format import SIZES_FILE, CorruptSampleError, DecodedSample, decode_sample
+from vtsel.data.format import (
+    ATTN,
+    RECV_ATTN,
+    SIZES_FILE,
+    CorruptSampleError,
+    DecodedSample,
+    decode_sample,
+)
+from vtsel.methods.base import CLS_ATTENTION, RECEIVED_ATTENTION
 from vtsel.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -146,12 +155,16 @@ def sample_tensors(key: str, sample: DecodedSample, image_size: int) -> Sample:
         "key": key,
     }
     if sample.attention is not None:
-        tensors["attention"] = torch.from_numpy(sample.attention)  # (L,)
+        tensors[CLS_ATTENTION] = torch.from_numpy(sample.attention)  # (L,)
+    if sample.received_attention is not None:
+        tensors[RECEIVED_ATTENTION] = torch.from_numpy(sample.received_attention)  # (2, L)
     return tensors
 
 
 def collate(samples: list[Sample]) -> Sample:
-    """Stack samples; ``attention`` only if every sample has it (one extraction's shards do).
+    """Stack samples; each attention map only if every sample has it (one extraction's shards
+    do): ``attention`` (B, L) from ``attn.npy``, ``received_attention`` (B, 2, L) from
+    ``recv_attn.npy``.
 
     Entries other than the tensors (``key``, and ``meta`` where an evaluation adds it) become
     lists in sample order.
@@ -160,17 +173,19 @@ def collate(samples: list[Sample]) -> Sample:
         "feats": torch.stack([s["feats"] for s in samples]),  # (B, L, C)
         "image": torch.stack([s["image"] for s in samples]),  # (B, 3, S, S)
     }
-    for name in samples[0].keys() - {"feats", "image", "attention"}:
+    maps = {CLS_ATTENTION: ATTN, RECEIVED_ATTENTION: RECV_ATTN}
+    for name in samples[0].keys() - {"feats", "image", *maps}:
         batch[name] = [s[name] for s in samples]
-    with_attention = [s["key"] for s in samples if "attention" in s]
-    if len(with_attention) == len(samples):
-        batch["attention"] = torch.stack([s["attention"] for s in samples])  # (B, L)
-    elif with_attention:
-        without = [s["key"] for s in samples if "attention" not in s]
-        raise FeatureContractError(
-            f"samples {with_attention[:3]} have attn.npy but {without[:3]} do not: the shards "
-            f"mix extractions with and without attention"
-        )
+    for name, member in maps.items():
+        with_map = [s["key"] for s in samples if name in s]
+        if len(with_map) == len(samples):
+            batch[name] = torch.stack([s[name] for s in samples])
+        elif with_map:
+            without = [s["key"] for s in samples if name not in s]
+            raise FeatureContractError(
+                f"samples {with_map[:3]} have {member} but {without[:3]} do not: the shards "
+                f"mix extractions with and without attention"
+            )
     return batch
 
 

@@ -47,8 +47,11 @@ class EncoderModule(L.LightningModule):
             return EncodedBatch(torch.empty(0), None)
         encoded = self.encoder(pixels)
         features = encoded.features.to(torch.float16).cpu()  # (B, L, C)
-        attention = None if encoded.attention is None else encoded.attention.float().cpu()
-        return EncodedBatch(features, attention)  # attention: (B, L) or None
+        attention, received = (
+            None if maps is None else maps.float().cpu()
+            for maps in (encoded.attention, encoded.received_attention)
+        )
+        return EncodedBatch(features, attention, received)  # (B, L), (B, 2, L) or None
 
 
 @dataclass(frozen=True)

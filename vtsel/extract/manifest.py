@@ -46,11 +46,16 @@ def build_manifest(
         target_size=int(settings["target_size"]),
         config=config,
         inputs=inputs,
+        received_attention=encoder_gives_received_attention(encoder),
     )
 
 
 def encoder_gives_attention(encoder: VisionEncoder) -> bool:
     return bool(getattr(encoder, "attention", False))
+
+
+def encoder_gives_received_attention(encoder: VisionEncoder) -> bool:
+    return bool(getattr(encoder, "received_attention", False))
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -98,8 +98,13 @@ class UnitShardWriter(BasePredictionWriter):
             crop_box=record.box,
             source_key=record.source_key,
         )
-        attention = None if encoded.attention is None else encoded.attention[row].numpy()  # (L,)
-        return encode_sample(encoded.features[row].numpy(), record.target_png, meta, attention)
+        attention, received = (
+            None if maps is None else maps[row].numpy()  # (L,), (2, L)
+            for maps in (encoded.attention, encoded.received_attention)
+        )
+        return encode_sample(
+            encoded.features[row].numpy(), record.target_png, meta, attention, received
+        )
 
     def write_on_batch_end(
         self,
@@ -148,6 +153,12 @@ class UnitShardWriter(BasePredictionWriter):
             raise RuntimeError(
                 f"the encoder {'gave no' if self.manifest.attention else 'gave'} attention, but "
                 f"the manifest says attention={self.manifest.attention}"
+            )
+        received = self.manifest.received_attention
+        if crops and (encoded.received_attention is not None) != received:
+            raise RuntimeError(
+                f"the encoder {'gave no' if received else 'gave'} received attention, but the "
+                f"manifest says received_attention={received}"
             )
         for row, record in enumerate(crops):
             try:

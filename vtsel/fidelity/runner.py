@@ -33,6 +33,7 @@ from vtsel.fidelity.report import (
 from vtsel.fidelity.shards import EvalBatch, HeldOutShards
 from vtsel.fidelity.text_recall import TextRegions, text_recall
 from vtsel.inference import WEIGHTS_FILE
+from vtsel.methods.base import attention_input
 from vtsel.outputs import write_atomically
 
 PAPER_KEEP_RATIOS = (0.056, 0.111, 0.222, 0.40, 0.50)  # Table 1: 160..1440 of 2880 tokens
@@ -115,7 +116,8 @@ def evaluate(
     num_tokens = grid[0] * grid[1]
     held_out = HeldOutShards(shards, the_judge.contract, the_judge.image_size)
     lineup = build_lineup(
-        names, grid, the_judge.contract, held_out.has_attention, selector, compute_device, seed
+        names, grid, the_judge.contract, held_out.has_attention, selector, compute_device, seed,
+        held_out.has_received_attention,
     )
     text_regions = TextRegions(regions, text_min_cover) if regions is not None else None
     gate = check_judge(the_judge, (batch.feats for batch in held_out.batches(batch_size)), seed)
@@ -169,7 +171,7 @@ def _score_batch(
     device = judge.module.device
     feats = batch.feats.to(device)  # (B, L, C)
     images = batch.images.to(device)  # (B, 3, S, S)
-    attention = None if batch.attention is None else batch.attention.to(device)
+    maps = batch.attention_maps(device)  # CLS (B, L) and received (B, 2, L) attention
     normed = judge.normalize(feats)  # (B, L, C)
     text_tokens = (
         text_regions.text_tokens(batch.metas).to(device)
@@ -180,13 +182,17 @@ def _score_batch(
     for name, method in lineup.methods.items():
         for budget in budgets:
             tokens = budget.tokens(feats.shape[1])
+            attention = attention_input(method, maps)
             kept_idx = method.select(feats, tokens, attention)  # (B, k)
             keep_mask = torch.zeros(feats.shape[:2], device=device).scatter_(1, kept_idx, 1.0)
+            # what the method hands on at its kept positions (VisionZip's merged contextual
+            # tokens); the judge passes them through, so every error is against the raw tokens
+            judged = judge.normalize(method.kept_on_grid(feats, kept_idx, attention))  # (B, L, C)
             if image_metrics:
-                feats_rec, image_rec = judge.reconstruct(normed, keep_mask)
+                feats_rec, image_rec = judge.reconstruct(judged, keep_mask)
                 scores = reconstruction_scores(feats_rec, normed, keep_mask, image_rec, images)
             else:
-                feats_rec = judge.reconstruct_features(normed, keep_mask)
+                feats_rec = judge.reconstruct_features(judged, keep_mask)
                 scores = reconstruction_scores(feats_rec, normed, keep_mask)
             scores["text_recall"] = text_recall(keep_mask, text_tokens)
             for i, (key, meta) in enumerate(zip(batch.keys, batch.metas, strict=True)):

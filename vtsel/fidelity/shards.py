@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 
 from vtsel.contract import FeatureContract, FeatureContractError
-from vtsel.data.format import DecodedSample, SampleMeta
+from vtsel.data.format import ATTN, RECV_ATTN, DecodedSample, SampleMeta
 from vtsel.data.shardlist import load_shard_set
 from vtsel.data.stream import (
     CorruptionBudget,
@@ -25,6 +25,7 @@ from vtsel.data.stream import (
     read_tars,
     sample_tensors,
 )
+from vtsel.methods.base import CLS_ATTENTION, RECEIVED_ATTENTION
 
 
 @dataclass
@@ -35,13 +36,20 @@ class EvalBatch:
     feats: torch.Tensor  # (B, L, C) raw encoder tokens
     images: torch.Tensor  # (B, 3, S, S) in [0, 1]
     metas: list[SampleMeta]  # each crop's metadata (crop_box, source_key, grid)
-    attention: torch.Tensor | None  # (B, L) attention each token receives, if the shards have it
+    attention: torch.Tensor | None  # (B, L) CLS→patch attention, if the shards have it
+    received_attention: torch.Tensor | None  # (B, 2, L) attention received (HiPrune's layers)
 
     @classmethod
     def of(cls, batch: Sample) -> EvalBatch:
         """The batch ``collate`` stacked from samples carrying their ``meta``."""
         return cls(batch["key"], batch["feats"], batch["image"], batch["meta"],
-                   batch.get("attention"))
+                   batch.get(CLS_ATTENTION), batch.get(RECEIVED_ATTENTION))
+
+    def attention_maps(self, device: torch.device) -> dict[str, torch.Tensor | None]:
+        """The stored maps on ``device``, keyed as ``vtsel.methods.base.attention_input``
+        reads them."""
+        maps = {CLS_ATTENTION: self.attention, RECEIVED_ATTENTION: self.received_attention}
+        return {name: None if m is None else m.to(device) for name, m in maps.items()}
 
 
 class HeldOutShards:
@@ -76,6 +84,7 @@ class HeldOutShards:
         if first is None:
             raise ValueError(f"the held-out shards {spec!r} hold no readable sample")
         self.has_attention = first[2].attention is not None
+        self.has_received_attention = first[2].received_attention is not None
 
     def _samples(self) -> Iterator[tuple[str, str, DecodedSample]]:
         """(shard URL, key, sample) of every readable sample, checked against the contract."""
@@ -91,17 +100,25 @@ class HeldOutShards:
             "evaluate with a judge trained on these shards' encoder",
         )
 
+    def _check_same_maps(self, sample: DecodedSample, where: str) -> None:
+        """Refuse a sample whose attention members differ from the first sample's."""
+        for member, has, first_has in (
+            (ATTN, sample.attention is not None, self.has_attention),
+            (RECV_ATTN, sample.received_attention is not None, self.has_received_attention),
+        ):
+            if has != first_has:
+                raise FeatureContractError(
+                    f"{where} {'has' if has else 'lacks'} {member} unlike the first sample: "
+                    f"the shards mix two extractions"
+                )
+
     def batches(self, batch_size: int, skip: Collection[str] = ()) -> Iterator[EvalBatch]:
         """Batches in shard order, leaving out the sample keys in ``skip`` (already scored)."""
         pending: list[Sample] = []
         for url, key, sample in self._samples():
             if key in skip:
                 continue
-            if (sample.attention is not None) != self.has_attention:
-                raise FeatureContractError(
-                    f"sample {key!r} in {url} {'has' if sample.attention is not None else 'lacks'}"
-                    f" attn.npy unlike the first sample: the shards mix two extractions"
-                )
+            self._check_same_maps(sample, f"sample {key!r} in {url}")
             pending.append({**sample_tensors(key, sample, self.image_size), "meta": sample.meta})
             if len(pending) == batch_size:
                 yield EvalBatch.of(collate(pending))

@@ -9,6 +9,8 @@ runs. Each method gets what its source uses (see ``vtsel.methods``):
   (B, L); one query row, so the cost is a key projection.
 - HiPrune: the attention each patch *receives* (head-averaged map, mean over all queries) in
   an object-centric middle layer and in the feature layer, stacked (B, 2, L).
+
+The maps themselves come from ``vtsel.attention_maps``, which extraction uses too.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vtsel.attention_maps import attention_probs, patch_received_attention, project_qk
 from vtsel.methods import HiPruneStyle, SelectionMethod
-
-HIPRUNE_OBJECT_LAYER = 9 / 24  # HiPrune's object layer: the 9th of CLIP ViT-L/14's 24 (1-based)
+from vtsel.methods.hiprune import object_layer
 
 
 def feature_layer_index(layer: int, num_layers: int) -> int:
@@ -60,9 +62,8 @@ def attention_layers(method: SelectionMethod, feature_index: int, num_layers: in
     feature_layer = feature_index - 1
     if feature_layer < 0:
         raise ValueError("the vision feature layer is the embedding output: it has no attention")
-    if isinstance(method, HiPruneStyle):
-        object_layer = max(1, round(HIPRUNE_OBJECT_LAYER * num_layers)) - 1
-        return [min(object_layer, feature_layer), feature_layer]
+    if isinstance(method, HiPruneStyle):  # 1-based layer k is 0-based k - 1
+        return [object_layer(num_layers, feature_layer + 1) - 1, feature_layer]
     return [feature_layer]
 
 
@@ -88,20 +89,14 @@ def cls_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
 
 def received_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
     """Attention each patch receives, averaged over heads and all queries: (N, 1+L, C) -> (N, L)."""
-    weights = _attention_weights(layer, layer_input, queries=slice(None))  # (N, h, T, T)
-    return weights.mean(dim=(1, 2))[:, 1:]  # column means, CLS column dropped
+    norm, attn = attention_parts(layer)
+    query, key = project_qk(attn, norm(layer_input))  # (N, T, D) each
+    return patch_received_attention(query, key, attn.num_heads, num_prefix=1)
 
 
 def _attention_weights(layer: nn.Module, layer_input: torch.Tensor, queries: slice) -> torch.Tensor:
     """Softmax attention (N, heads, q, T) of the ``queries`` rows in ``layer`` (CLIP-style
-    ``layer_norm1`` + ``self_attn``, or InternViT ``layernorm_before`` + ``attention`` with its
-    optional q/k norms), recomputed from the hidden state entering the layer."""
+    ``layer_norm1`` + ``self_attn``, or InternViT ``layernorm_before`` + ``attention``),
+    recomputed from the hidden state entering the layer."""
     norm, attn = attention_parts(layer)
-    normed = norm(layer_input)  # (N, T, C)
-    batch, length, _ = normed.shape
-    query = getattr(attn, "q_norm", nn.Identity())(attn.q_proj(normed[:, queries]))  # (N, q, C)
-    key = getattr(attn, "k_norm", nn.Identity())(attn.k_proj(normed))  # (N, T, C)
-    heads = attn.num_heads
-    query = query.view(batch, query.shape[1], heads, -1).transpose(1, 2)  # (N, h, q, d)
-    key = key.view(batch, length, heads, -1).transpose(1, 2)  # (N, h, T, d)
-    return (query.float() @ key.float().transpose(-1, -2) * attn.scale).softmax(dim=-1)
+    return attention_probs(*project_qk(attn, norm(layer_input), queries), attn.num_heads)

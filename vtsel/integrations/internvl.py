@@ -33,7 +33,7 @@ from vtsel.integrations.attention import (
 )
 from vtsel.integrations.handle import Encoding, PruningHandle
 from vtsel.integrations.inputs import placeholder_runs
-from vtsel.integrations.masks import Method, keep_mask, scorer_of
+from vtsel.integrations.masks import Method, kept_tokens, scorer_of
 from vtsel.integrations.video import budget_groups
 
 FeatureStage = Literal["after", "before"]
@@ -164,8 +164,8 @@ class InternVLPruning(PruningHandle):
                 maps = attention.reshape(-1, attention.shape[-1], 1)  # (N*maps, L, 1)
                 attention = self._merge(maps).sum(dim=-1).view(*attention.shape[:-1], -1)
             side = self.merged_side
-            keep = keep_mask(self.method, merged, (side, side), candidates, groups, self.budget,
-                             attention)
+            keep, merged = kept_tokens(self.method, merged, (side, side), candidates, groups,
+                                       self.budget, attention)  # VisionZip's come merged
         else:
             fine_scores = scorer_of(self.method).scores(fine)  # (N, L)
             block_scores = self._merge(fine_scores[..., None]).amax(dim=-1)  # (N, L')

@@ -39,7 +39,7 @@ from vtsel.integrations.attention import (
     method_attention,
 )
 from vtsel.integrations.handle import Encoding, PruningHandle
-from vtsel.integrations.masks import Method, keep_mask
+from vtsel.integrations.masks import Method, kept_tokens
 from vtsel.integrations.video import budget_groups
 
 
@@ -161,9 +161,11 @@ class LlavaNextPruning(PruningHandle):
             for size, count in zip(image_sizes, crops_per_image, strict=True)
         ]
         candidates = torch.cat([layout.candidates for layout in layouts]).to(features.device)
-        keep = keep_mask(self.method, features, self.grid, candidates,
-                         budget_groups(crops_per_image, clips), self.budget, attention)  # (N, L)
-        return self._assemble(features, keep, layouts, crops_per_image)
+        keep, handed_on = kept_tokens(
+            self.method, features, self.grid, candidates, budget_groups(crops_per_image, clips),
+            self.budget, attention,
+        )  # (N, L), (N, L, C): VisionZip's contextual tokens come merged
+        return self._assemble(handed_on, keep, layouts, crops_per_image)
 
     def _tower_features(
         self, pixel_values: torch.Tensor, layer: int | tuple[int, ...]

@@ -4,7 +4,9 @@ Every model family reduces its images to the same thing before pruning: a batch 
 (N, L, C) on one (H, W) grid, a mask of the positions the LLM would receive at all (LLaVA-NeXT's
 unpad drops the letterbox padding of its high-resolution crops), and the groups of crops that
 share one budget (an image, or a video's frames). This module decides the keep mask (N, L) from
-those, for any method, so the families only lay out what is kept.
+those, for any method, so the families only lay out what is kept. ``kept_tokens`` also says
+what the LLM reads at each kept position: the token itself, or for a method that merges
+(VisionZip's contextual tokens) what ``SelectionMethod.kept_features`` hands on.
 
 Budgets (``vtsel.budget``) count **candidate** tokens (the ones the LLM would receive):
 ``Budget(keep=0.4)`` keeps 40% of what the unpruned model feeds the LLM, not 40% of a crop that
@@ -54,7 +56,21 @@ def keep_mask(
     budget: Budget,
     attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Which tokens to keep: (N, L) bool, only ever at ``candidates``.
+    """Which tokens to keep: (N, L) bool, only ever at ``candidates`` (``kept_tokens``' mask)."""
+    return kept_tokens(method, features, grid, candidates, groups, budget, attention)[0]
+
+
+def kept_tokens(
+    method: Method,
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    candidates: torch.Tensor,
+    groups: list[slice],
+    budget: Budget,
+    attention: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens to keep, (N, L) bool only ever at ``candidates``, and the tokens (N, L, C)
+    the LLM reads at them (``features`` where the method hands on the tokens themselves).
 
     Args:
         method: A selection method or an exported selector.
@@ -62,7 +78,7 @@ def keep_mask(
         grid: (H, W) of one crop, H*W = L.
         candidates: (N, L) bool, the positions the LLM would receive without pruning; each
             crop's candidates form a rectangle of its grid (LLaVA-NeXT unpad cuts whole rows or
-            columns), which is what index methods are run on.
+            columns), which is what index methods are run on, and merge within.
         groups: Row slices of crops sharing one budget (used with ``budget.per_image``).
         budget: How many to keep.
         attention: The attention (N, L) or (N, maps, L) methods that rank by it take.
@@ -70,25 +86,27 @@ def keep_mask(
     check_budget(method, budget)
     scorer = scorer_of(method)
     if scorer is not None:
-        return mask_from_scores(scorer.scores(features), budget, candidates, groups)
-    return _mask_from_indices(method, features, grid, candidates, budget, attention)
+        return mask_from_scores(scorer.scores(features), budget, candidates, groups), features
+    return _select_in_boxes(method, features, grid, candidates, budget, attention)
 
 
-def _mask_from_indices(
+def _select_in_boxes(
     method: SelectionMethod,
     features: torch.Tensor,
     grid: tuple[int, int],
     candidates: torch.Tensor,
     budget: Budget,
     attention: torch.Tensor | None,
-) -> torch.Tensor:
-    """Keep mask (N, L) of an index method run on each crop's visible rectangle.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep mask (N, L) and handed-on tokens (N, L, C) of an index method run on each crop's
+    visible rectangle.
 
     Crops with the same rectangle go through the method in one call. A method with a grid of
     its own (uniform lattice, HiPrune's neighbours) is given the rectangle's grid, so it spreads
     its budget over what the LLM sees rather than over padding it would then lose.
     """
     keep = torch.zeros_like(candidates)
+    handed_on = features.clone()  # (N, L, C)
     boxes = [_visible_box(crop_candidates, grid) for crop_candidates in candidates]
     by_box = sorted(range(len(boxes)), key=lambda row: boxes[row] or (-1,))
     for box, group in groupby(by_box, key=lambda row: boxes[row]):
@@ -100,11 +118,16 @@ def _mask_from_indices(
         col_idx = torch.arange(left, right, device=features.device)
         positions = (row_idx[:, None] * grid[1] + col_idx[None, :]).flatten()  # (h*w,) row-major
         box_attention = None if attention is None else attention[rows][..., positions]
-        chosen = _on_grid(method, (bottom - top, right - left)).select(
-            features[rows][:, positions], budget.tokens(positions.numel()), box_attention
+        box_features = features[rows][:, positions]  # (n, h*w, C)
+        box_method = _on_grid(method, (bottom - top, right - left))
+        chosen = box_method.select(
+            box_features, budget.tokens(positions.numel()), box_attention
         )  # (n, k) indices into the box
         keep[rows[:, None], positions[chosen]] = True
-    return keep
+        handed_on[rows[:, None], positions[chosen]] = box_method.kept_features(
+            box_features, chosen, box_attention
+        ).to(features.dtype)
+    return keep, handed_on
 
 
 def _visible_box(crop_candidates: torch.Tensor, grid: tuple[int, int]) -> tuple[int, ...] | None:

@@ -5,16 +5,25 @@ budget, so they all take the same inputs (raw encoder tokens, a token count, opt
 encoder's attention maps) and return the same thing: kept grid positions in spatial order, one
 row per crop. Spatial order matters because a VLM consumes the kept tokens as a sequence whose
 order carries position; it also makes two methods' outputs comparable by equality.
+
+Some methods hand on more than a subset: VisionZip (and PACT) merge dropped tokens into kept
+ones. ``kept_features`` says what a method hands on at its kept positions (by default the
+tokens themselves), so the evaluation's judge and the VLM integrations read every method's
+output through one call instead of knowing which methods merge.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 
 from vtsel.models.selector import topk_mask
+
+CLS_ATTENTION = "attention"  # batch key: the feature layer's CLS→patch attention (B, L)
+RECEIVED_ATTENTION = "received_attention"  # batch key: attention patches receive (B, 2, L)
 
 
 class SelectionMethod(ABC):
@@ -29,6 +38,10 @@ class SelectionMethod(ABC):
     attention_maps: ClassVar[int] = 1
     """Attention maps the method reads, one per encoder layer: ``select`` takes them stacked as
     (B, attention_maps, L) when above 1, and always accepts a single (B, L) map."""
+    attention_source: ClassVar[str] = CLS_ATTENTION
+    """Which stored attention the method ranks by: the feature layer's CLS→patch row
+    (``CLS_ATTENTION``) or the attention each patch receives (``RECEIVED_ATTENTION``); see
+    ``attention_input``."""
 
     def select(
         self, features: torch.Tensor, keep: int, attention: torch.Tensor | None = None
@@ -70,11 +83,42 @@ class SelectionMethod(ABC):
                 f"{num_tokens} tokens, got {tuple(attention.shape)}"
             )
 
+    def kept_features(
+        self, features: torch.Tensor, indices: torch.Tensor, attention: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the method hands on (B, keep, C) for ``indices = select(features, keep,
+        attention)``: the kept tokens unchanged, unless the method merges (VisionZip, PACT)
+        and overrides this to fold the dropped tokens into the kept ones."""
+        return gather_tokens(features, indices)
+
+    def kept_on_grid(
+        self, features: torch.Tensor, indices: torch.Tensor, attention: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features`` (B, L, C) with the kept positions holding ``kept_features``: what a
+        consumer that reads tokens by grid position (the judge, a VLM layout) must be given."""
+        kept = self.kept_features(features, indices, attention).to(features.dtype)  # (B, k, C)
+        return features.scatter(1, indices[..., None].expand(-1, -1, features.shape[-1]), kept)
+
     @abstractmethod
     def _select(
         self, features: torch.Tensor, keep: int, attention: torch.Tensor | None
     ) -> torch.Tensor:
         """``select`` on inputs already checked: (B, L, C), 1 <= keep <= L -> (B, keep)."""
+
+
+def attention_input(
+    method: SelectionMethod, maps: Mapping[str, torch.Tensor | None]
+) -> torch.Tensor | None:
+    """The attention ``method`` ranks by among the ``maps`` stored with a batch (keyed by
+    ``CLS_ATTENTION`` (B, L) and ``RECEIVED_ATTENTION`` (B, 2, L)): its own source when the
+    shards have it, else the CLS map (older shards), None without either."""
+    own = maps.get(method.attention_source)
+    return own if own is not None else maps.get(CLS_ATTENTION)
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Rows (B, k, C) of ``tokens`` (B, L, C) at ``indices`` (B, k)."""
+    return tokens.gather(1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
 def sorted_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -84,6 +128,8 @@ def sorted_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
     ties and count budgets identically; reading the mask's nonzeros row by row yields the
     positions already in spatial order.
     """
+    if keep == 0:  # VisionZip with a CLS slot may leave no patch dominant
+        return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
     keep_mask = topk_mask(scores, keep).bool()  # (B, L), exactly `keep` per row
     return keep_mask.nonzero()[:, 1].view(scores.shape[0], keep)
 

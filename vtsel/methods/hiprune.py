@@ -18,17 +18,22 @@ this order:
 The attention a token "has" in a layer is the attention it receives, averaged over heads and
 over all queries (the column mean of the head-averaged map, CLS column dropped) — not the CLS
 row, since HiPrune is meant for encoders without a CLS token. The object layer is the 9th of
-CLIP ViT-L/14's 24 layers (1-based) for LLaVA-1.5 and LLaVA-NeXT.
-``select`` takes both maps stacked as (B, 2, L) = (object layer, output layer); a single (B, L)
-map serves both roles, which keeps the budget split but not the hierarchy. That is the case
-with shards from ``vtsel extract``, which store one map: the feature layer's CLS→patch
-attention.
+CLIP ViT-L/14's 24 layers (1-based) for LLaVA-1.5 and LLaVA-NeXT; ``object_layer`` scales it
+to other depths. ``select`` takes both maps stacked as (B, 2, L) = (object layer, output
+layer): ``vtsel extract`` stores them as ``recv_attn.npy`` with ``received_attention: true``,
+and the VLM integrations compute them. A single (B, L) map serves both roles, which keeps the
+budget split but not the hierarchy: what ``vtsel eval`` falls back to on shards that store only
+the CLS map (``attn.npy``).
 
 Where this differs from the released code, deliberately:
-- Neighbours are taken on the (H, W) grid. The code adds ±1 and ±W to flat indices and clamps
-  them to [0, L), so an anchor at a row's end also keeps the next row's first token, and one on
-  the border keeps fewer than 4 buffers after de-duplication; the paper says "spatially
-  adjacent", which is what the grid gives.
+- Neighbours are taken on the (H, W) grid: an anchor on the border keeps only the neighbours it
+  has (2 in a corner, 3 on an edge). The code (LLaVA's ``encode_images``) adds -1, +1, -W and
+  +W to flat indices, clamps them to [0, L - 1] and de-duplicates: an anchor at a row's end
+  takes the next row's first token as "right", one at a row's start the previous row's last
+  token as "left"; above the top row and below the bottom row clamp to the corner tokens 0 and
+  L - 1, so a top- or bottom-edge anchor still gets 4 buffers, one of them that corner; fewer
+  than 4 only when clamped indices coincide with each other or the anchor (anchors at or next
+  to a corner). The paper says "spatially adjacent", which is what the grid gives.
 - Anchors and buffers never overflow the budget: when they do not all fit (large ``alpha``,
   tiny budgets), anchors come first and buffers are ranked by the object layer's attention.
   The released code fails there (a negative register count).
@@ -41,9 +46,21 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vtsel.methods.base import SelectionMethod, check_grid, sorted_topk
+from vtsel.methods.base import RECEIVED_ATTENTION, SelectionMethod, check_grid, sorted_topk
 
 TOKENS_PER_ANCHOR = 5  # the anchor and its 4 buffers: HiPrune's alpha * keep / 5 anchors
+OBJECT_LAYER_SHARE = 9 / 24  # HiPrune's object layer: the 9th of CLIP ViT-L/14's 24 (1-based)
+
+
+def object_layer(num_layers: int, feature_layer: int) -> int:
+    """HiPrune's object layer (1-based) in a ``num_layers`` tower read at ``feature_layer``
+    (1-based block whose output the features are).
+
+    The 9th of 24 scaled to the depth, ``max(1, round(9/24 * num_layers))`` with Python's
+    round (4 of 12 blocks, 4.5 rounding to even; 15 of 40), and never past the feature layer,
+    whose output is the last one computed.
+    """
+    return min(max(1, round(OBJECT_LAYER_SHARE * num_layers)), feature_layer)
 
 
 class HiPruneStyle(SelectionMethod):
@@ -59,6 +76,7 @@ class HiPruneStyle(SelectionMethod):
     name = "hiprune"
     needs_attention = True
     attention_maps: ClassVar[int] = 2  # (object layer, output layer)
+    attention_source: ClassVar[str] = RECEIVED_ATTENTION
 
     def __init__(self, grid: tuple[int, int], alpha: float = 0.1) -> None:
         if not 0.0 <= alpha <= 1.0:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vtsel.methods import METHODS
+from vtsel.methods.base import CLS_ATTENTION, RECEIVED_ATTENTION, attention_input
 from vtsel.models.selector import tokens_for_ratio
 
 FIELD_FAMILIES = ("random", "clustered", "blocky", "projection")
@@ -84,11 +85,13 @@ def family_masks(
     generator: torch.Generator | None = None,
     feats: torch.Tensor | None = None,
     attention: torch.Tensor | None = None,
+    received_attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens.
 
     Field families draw from ``generator`` (CPU); method families run the method on the raw
-    features (B, L, C) and, for attention-ranked ones, the attention (B, L).
+    features (B, L, C) and, for attention-ranked ones, the attention they rank by: the CLS
+    map (B, L), or for HiPrune the received maps (B, 2, L) when the shards store them.
     """
     batch, num_tokens = counts.numel(), grid[0] * grid[1]
     if family == "random":
@@ -103,7 +106,8 @@ def family_masks(
         direction = F.normalize(torch.randn(batch, feats.shape[-1], generator=generator), dim=-1)
         unit = F.normalize(feats.detach().float().cpu(), dim=-1)  # (B, L, C)
         return top_counts_mask(torch.einsum("blc,bc->bl", unit, direction), counts)
-    return _method_masks(family, counts, grid, feats, attention)
+    maps = {CLS_ATTENTION: attention, RECEIVED_ATTENTION: received_attention}
+    return _method_masks(family, counts, grid, feats, maps)
 
 
 def mixture_masks(
@@ -113,9 +117,10 @@ def mixture_masks(
     generator: torch.Generator | None = None,
     feats: torch.Tensor | None = None,
     attention: torch.Tensor | None = None,
+    received_attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep masks (B, L): each crop's family drawn with the given weights, its budget
-    ``counts[i]``."""
+    ``counts[i]`` (attention maps as ``family_masks`` takes them)."""
     names = [name for name, weight in families.items() if weight > 0]
     weights = torch.tensor([float(families[name]) for name in names])
     picks = torch.multinomial(weights, counts.numel(), replacement=True, generator=generator)
@@ -126,7 +131,8 @@ def mixture_masks(
             masks[rows] = family_masks(
                 name, counts[rows], grid, generator,
                 None if feats is None else feats[rows.to(feats.device)],
-                None if attention is None else attention[rows.to(attention.device)],
+                *(None if maps is None else maps[rows.to(maps.device)]
+                  for maps in (attention, received_attention)),
             )
     return masks
 
@@ -136,18 +142,20 @@ def _method_masks(
     counts: torch.Tensor,
     grid: tuple[int, int],
     feats: torch.Tensor,
-    attention: torch.Tensor | None,
+    maps: Mapping[str, torch.Tensor | None],
 ) -> torch.Tensor:
-    """What the training-free method ``family`` keeps of each crop at its budget."""
+    """What the training-free method ``family`` keeps of each crop at its budget, ranking by
+    its map among ``maps`` (``vtsel.methods.base.attention_input``)."""
     method_class = METHODS[family]
+    offered = {"grid": grid, "seed": 0}
+    accepted = inspect.signature(method_class).parameters
+    method = method_class(**{k: v for k, v in offered.items() if k in accepted})
+    attention = attention_input(method, maps)
     if method_class.needs_attention and attention is None:
         raise ValueError(
             f"mask family {family!r} ranks tokens by encoder attention, and these shards "
             f"store none: extract with attention (attn.npy) or leave the family out"
         )
-    offered = {"grid": grid, "seed": 0}
-    accepted = inspect.signature(method_class).parameters
-    method = method_class(**{k: v for k, v in offered.items() if k in accepted})
     masks = torch.zeros(counts.numel(), grid[0] * grid[1])
     for keep in counts.unique().tolist():
         rows = (counts == keep).nonzero().squeeze(-1)

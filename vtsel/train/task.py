@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vtsel import __version__
+from vtsel.methods.base import CLS_ATTENTION, RECEIVED_ATTENTION
 from vtsel.models import FeatureReconstructor, ImageReconstructor
 from vtsel.models.blocks import normalize_tokens
 from vtsel.train.checkpoints import load_weights
@@ -102,7 +103,8 @@ class ReconstructionTask(L.LightningModule):
         at budgets drawn from ``keep_range`` (``generator``; the global one if None)."""
         counts = random_keep_counts(normed.shape[0], normed.shape[1], keep_range, generator)
         keep = mixture_masks(
-            families, counts, self.grid, generator, batch["feats"], batch.get("attention")
+            families, counts, self.grid, generator, batch["feats"], batch.get(CLS_ATTENTION),
+            batch.get(RECEIVED_ATTENTION),
         ).to(normed.device)  # (B, L)
         feats_rec, image_rec = self.reconstruct(normed, keep)
         dropped = dropped_token_mse(feats_rec, normed, keep).mean()

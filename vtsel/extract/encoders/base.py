@@ -23,6 +23,8 @@ class EncodedBatch(NamedTuple):
 
     features: torch.Tensor  # (B, L, C), L = H*W patch tokens in row-major grid order
     attention: torch.Tensor | None  # (B, L) CLS→patch attention of the feature layer, or None
+    # (B, 2, L) attention patches receive at HiPrune's object layer and the feature layer
+    received_attention: torch.Tensor | None = None
 
 
 class VisionEncoder(nn.Module, ABC):
@@ -39,6 +41,8 @@ class VisionEncoder(nn.Module, ABC):
         mean, std: Per-channel normalisation of pixels in [0, 1].
         resample: Resize filter of the tower's own preprocessing (``bicubic``, ...); a
             ``CropPlan`` for this tower should use the same.
+        received_attention: Whether ``forward`` also returns the attention patches receive
+            at ``received_layers``, (object block, feature block) 1-based, for HiPrune.
     """
 
     encoder_id: str
@@ -49,6 +53,8 @@ class VisionEncoder(nn.Module, ABC):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample: str
+    received_attention: bool = False
+    received_layers: tuple[int, int] | None = None
 
     def normalize(self, view: Image.Image) -> torch.Tensor:
         """(3, S, S) float32 input for an S x S RGB view: ``(pixel / 255 - mean) / std``."""
@@ -85,6 +91,13 @@ class VisionEncoder(nn.Module, ABC):
     def _details(self) -> dict[str, Any]:
         """The subclass's own settings, for ``describe``."""
         return {}
+
+    def _received_details(self) -> dict[str, Any]:
+        """The received-attention setting, for a subclass's ``_details``; left out when off, so
+        manifests of extractions made before the option existed still match and resume."""
+        if not self.received_attention:
+            return {}
+        return {"received_attention": True, "received_layers": list(self.received_layers)}
 
 
 def cls_patch_attention(

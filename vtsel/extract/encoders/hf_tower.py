@@ -7,6 +7,11 @@ is never read. Blocks and their attention are found by what they are (the module
 ``num_hidden_layers`` blocks; the submodule with ``q_proj`` and ``k_proj``), so any ViT-like
 transformers tower works without a per-model table.
 
+With ``received_attention`` a tower also returns, for HiPrune, the attention each patch
+receives (``vtsel.attention_maps.patch_received_attention``) in the object layer
+(``vtsel.methods.hiprune.object_layer``: the 9th of 24 blocks, scaled to the tower's depth) and
+in the feature block, stacked (B, 2, L), recomputed from the blocks' own q/k projections.
+
 ``HFVisionTower`` reads a VLM's own tower out of its checkpoint; ``TransformersEncoder``
 (``transformers_model.py``) loads a standalone vision backbone.
 """
@@ -19,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vtsel.attention_maps import patch_received_attention, project_qk
 from vtsel.extract.encoders.base import (
     EncodedBatch,
     VisionEncoder,
@@ -33,6 +39,7 @@ from vtsel.extract.encoders.hf_checkpoint import (
     load_tower_weights,
     read_processor,
 )
+from vtsel.methods.hiprune import object_layer
 
 
 class TransformersTower(VisionEncoder):
@@ -51,6 +58,7 @@ class TransformersTower(VisionEncoder):
         patch_grid: tuple[int, int],
         num_prefix: int,
         source: str,
+        received_attention: bool = False,
     ) -> None:
         """Keep ``tower`` up to hidden-states index ``layer`` and remember how to read it.
 
@@ -61,6 +69,8 @@ class TransformersTower(VisionEncoder):
             patch_grid: (H, W) of the tower's patch tokens at ``image_size``.
             num_prefix: Tokens before the patches (CLS, registers); 0 for towers without.
             source: Where the tower came from, named in messages.
+            received_attention: Also return the attention patches receive in HiPrune's object
+                block and in the feature block (module doc).
         """
         if attention and num_prefix == 0:
             raise ValueError(
@@ -78,17 +88,27 @@ class TransformersTower(VisionEncoder):
                 f"layer={layer} does not name one of the {len(self._blocks)} blocks of the "
                 f"tower in {source} (1..{len(self._blocks)} or -1..-{len(self._blocks)})"
             )
+        self.received_attention = received_attention
+        # 1-based blocks whose received attention is returned: (object block, feature block)
+        self.received_layers = (object_layer(len(self._blocks), index), index)
+        self._received_modules = [
+            _find_attention(self._blocks[block - 1]) for block in self.received_layers
+        ]
         del self._blocks[index:]  # their output is never read
         self.tower.eval().requires_grad_(False)  # frozen: features only
         self.grid, self.feature_dim = patch_grid, int(tower.config.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> EncodedBatch:
-        """Tokens of the feature layer (B, H*W, C) and optionally CLS attention (B, H*W)."""
+        """Tokens of the feature layer (B, H*W, C), optionally CLS attention (B, H*W) and the
+        received attention (B, 2, H*W) of the object and feature blocks."""
         block = self._blocks[-1]
         attention_module = _find_attention(block)
+        object_module, feature_module = self._received_modules
         with (
             recorded_outputs(block) as block_outputs,
             recorded_inputs(attention_module, enabled=self.attention) as attention_inputs,
+            recorded_inputs(object_module, enabled=self.received_attention) as object_inputs,
+            recorded_inputs(feature_module, enabled=self.received_attention) as feature_inputs,
         ):
             self.tower(pixel_values=pixels)
         tokens = self._layer_tokens(block_outputs[0])  # (B, N, C)
@@ -104,15 +124,31 @@ class TransformersTower(VisionEncoder):
             attention = _cls_attention(
                 attention_module, attention_inputs[0], self.num_heads, self.num_prefix
             )
-        return self._to_grid(patch_tokens, attention)
+        received = None
+        if self.received_attention:
+            received = torch.stack([
+                patch_received_attention(
+                    *project_qk(module, inputs[0]), self.num_heads, self.num_prefix
+                )
+                for module, inputs in zip(
+                    self._received_modules, (object_inputs, feature_inputs), strict=True
+                )
+            ], dim=1)  # (B, 2, h*w)
+        return self._to_grid(patch_tokens, attention, received)
 
     def _layer_tokens(self, block_output: torch.Tensor) -> torch.Tensor:
         """The tokens (B, N, C) from the feature block's output; subclasses add norms."""
         return block_output
 
-    def _to_grid(self, patch_tokens: torch.Tensor, attention: torch.Tensor | None) -> EncodedBatch:
-        """Patch tokens (B, h*w, C) as the consumer receives them; default: unchanged."""
-        return EncodedBatch(patch_tokens, attention)
+    def _to_grid(
+        self,
+        patch_tokens: torch.Tensor,
+        attention: torch.Tensor | None,
+        received: torch.Tensor | None,
+    ) -> EncodedBatch:
+        """Patch tokens (B, h*w, C) and their maps ((B, h*w), (B, 2, h*w)) as the consumer
+        receives them; default: unchanged."""
+        return EncodedBatch(patch_tokens, attention, received)
 
 
 class HFVisionTower(TransformersTower):
@@ -125,13 +161,18 @@ class HFVisionTower(TransformersTower):
             preprocessor_config.json, safetensors weights).
         layer: The tower's ``vision_feature_layer`` to read (hidden-states index, >= 1 or < 0).
         attention: Also return the CLS→patch attention of that layer's block.
+        received_attention: Also return the attention patches receive in HiPrune's object
+            block and in that layer's block (module doc).
     """
 
     family: ClassVar[str]  # e.g. "LLaVA-NeXT", for messages
     id_prefix: ClassVar[str]  # first part of encoder_id
     model_types: ClassVar[tuple[str, ...]]  # accepted config model_type values
 
-    def __init__(self, checkpoint: str, layer: int, attention: bool = False) -> None:
+    def __init__(
+        self, checkpoint: str, layer: int, attention: bool = False,
+        received_attention: bool = False,
+    ) -> None:
         super().__init__()
         transformers = import_transformers(type(self).__name__)
         self.checkpoint = Path(checkpoint).resolve()
@@ -157,6 +198,7 @@ class HFVisionTower(TransformersTower):
             tower, layer, attention, (height // patch_h, width // patch_w), num_prefix,
             f"{self.checkpoint} (vision_feature_select_strategy "
             f"{self.config.vision_feature_select_strategy!r})",
+            received_attention,
         )
 
     def _details(self) -> dict[str, Any]:
@@ -164,6 +206,7 @@ class HFVisionTower(TransformersTower):
             "checkpoint": str(self.checkpoint),
             "model_type": self.config.model_type,
             "attention": self.attention,
+            **self._received_details(),
         }
 
 

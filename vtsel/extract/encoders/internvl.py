@@ -27,6 +27,8 @@ class InternVisionTower(HFVisionTower):
         pixel_shuffle: Fold tokens as the VLM does, by its ``downsample_ratio``.
         attention: Also return the CLS→patch attention of that block; with ``pixel_shuffle``
             each folded token gets the sum of its source tokens' attention.
+        received_attention: Also return the attention patches receive in HiPrune's object
+            block and in that block (summed over each folded group, like ``attention``).
 
     Attributes:
         encoder_id: ``internvl:<checkpoint folder name>:layer<N>``, plus ``:pixel_shuffle``.
@@ -42,8 +44,9 @@ class InternVisionTower(HFVisionTower):
         layer: int = -1,
         pixel_shuffle: bool = True,
         attention: bool = False,
+        received_attention: bool = False,
     ) -> None:
-        super().__init__(checkpoint, layer, attention)
+        super().__init__(checkpoint, layer, attention, received_attention)
         self.pixel_shuffle = pixel_shuffle
         self.fold = round(1 / self.config.downsample_ratio) if pixel_shuffle else 1
         height, width = self.patch_grid
@@ -61,11 +64,19 @@ class InternVisionTower(HFVisionTower):
         # transformers reads last_hidden_state (after the final norm) for -1 only.
         return self.tower.layernorm(block_output) if self.layer == -1 else block_output
 
-    def _to_grid(self, patch_tokens: torch.Tensor, attention: torch.Tensor | None) -> EncodedBatch:
+    def _to_grid(
+        self,
+        patch_tokens: torch.Tensor,
+        attention: torch.Tensor | None,
+        received: torch.Tensor | None,
+    ) -> EncodedBatch:
         features = self._shuffle(patch_tokens)  # (B, h*w / fold², C * fold²)
         if attention is not None:
             attention = self._shuffle(attention[..., None]).sum(dim=-1)  # (B, h*w / fold²)
-        return EncodedBatch(features, attention)
+        if received is not None:  # (B, 2, h*w): fold² parts per map, summed
+            folded = self._shuffle(received.transpose(1, 2))  # (B, h*w / fold², fold² * 2)
+            received = folded.unflatten(-1, (-1, received.shape[1])).sum(dim=2).transpose(1, 2)
+        return EncodedBatch(features, attention, received)
 
     def _shuffle(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h*w, C) -> (B, h*w / f², f² C): each f x f group of tokens becomes one token.

@@ -21,6 +21,8 @@ class LlavaNextVisionTower(HFVisionTower):
         checkpoint: Folder of the transformers LLaVA-NeXT checkpoint.
         layer: Hidden-states index read (LLaVA: -2, the penultimate block's output).
         attention: Also return the CLS→patch attention of that block.
+        received_attention: Also return the attention patches receive in HiPrune's object
+            block (the 9th of CLIP-L's 24) and in that block, for HiPrune.
 
     Attributes:
         encoder_id: ``llava_next:<checkpoint folder name>:layer<N>``.
@@ -32,8 +34,11 @@ class LlavaNextVisionTower(HFVisionTower):
     id_prefix = "llava_next"
     model_types = ("llava_next",)
 
-    def __init__(self, checkpoint: str, layer: int = -2, attention: bool = False) -> None:
-        super().__init__(checkpoint, layer, attention)
+    def __init__(
+        self, checkpoint: str, layer: int = -2, attention: bool = False,
+        received_attention: bool = False,
+    ) -> None:
+        super().__init__(checkpoint, layer, attention, received_attention)
         self.grid_pinpoints = [tuple(p) for p in self.config.image_grid_pinpoints]
 
     def _details(self) -> dict[str, Any]:

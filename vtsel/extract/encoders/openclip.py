@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vtsel.attention_maps import patch_received_attention
 from vtsel.extract.crops import RESAMPLE_FILTERS, CenterCrop
 from vtsel.extract.encoders.base import (
     EncodedBatch,
@@ -24,6 +25,7 @@ from vtsel.extract.encoders.base import (
     cls_patch_attention,
     recorded_inputs,
 )
+from vtsel.methods.hiprune import object_layer
 
 # Random-weight towers are seeded so that every run builds the same "random" encoder: features
 # from two extraction runs (say train and a later val top-up) must come from one function.
@@ -55,6 +57,9 @@ class OpenClipEncoder(VisionEncoder):
         drop_prefix: Drop the CLS/prefix tokens so that only the ``H*W`` patch tokens remain.
         attention: Also return the CLS→patch attention of that block (for attention-ranked
             baselines such as VisionZip), recomputed from the block's own queries and keys.
+        received_attention: Also return the attention patches receive in HiPrune's object
+            block (``vtsel.methods.hiprune.object_layer``) and in that block, (B, 2, H*W),
+            recomputed likewise.
 
     Attributes:
         encoder_id: ``open_clip:<model>:<weights>:layer<N>``, e.g.
@@ -68,6 +73,7 @@ class OpenClipEncoder(VisionEncoder):
         layer: int = -2,
         drop_prefix: bool = True,
         attention: bool = False,
+        received_attention: bool = False,
     ) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):
@@ -93,12 +99,17 @@ class OpenClipEncoder(VisionEncoder):
         self.attention = attention
         self.model_name = model_name
         self.pretrained = pretrained
+        self.received_attention = received_attention
+        num_blocks = len(visual.transformer.resblocks)
         (self._block_index,) = visual.prune_intermediate_layers(
             indices=[layer], prune_norm=True, prune_head=True
         )
+        # 1-based blocks whose received attention is returned: (object block, feature block)
+        feature_block = self._block_index + 1
+        self.received_layers = (object_layer(num_blocks, feature_block), feature_block)
         self.visual = visual.eval().requires_grad_(False)  # frozen: features only
-        if attention:
-            _check_attention_block(model_name, visual)
+        if attention or received_attention:
+            _check_attention_block(model_name, visual, needs_cls=attention)
         self.encoder_id = f"open_clip:{model_name}:{_weights_name(pretrained)}:layer{layer}"
 
     def prepare(self, image: Image.Image) -> PreparedCrop:
@@ -112,8 +123,14 @@ class OpenClipEncoder(VisionEncoder):
         Features are (B, L, C) with L = H*W patch tokens, plus the prefix tokens first when
         ``drop_prefix`` is False; attention is (B, H*W) or None.
         """
-        feature_block = self.visual.transformer.resblocks[self._block_index]
-        with recorded_inputs(feature_block, enabled=self.attention) as block_inputs:
+        blocks = self.visual.transformer.resblocks
+        feature_block = blocks[self._block_index]
+        received_blocks = [blocks[index - 1] for index in self.received_layers]
+        with (
+            recorded_inputs(feature_block, enabled=self.attention) as block_inputs,
+            recorded_inputs(received_blocks[0], enabled=self.received_attention) as object_in,
+            recorded_inputs(received_blocks[1], enabled=self.received_attention) as feature_in,
+        ):
             out = self.visual.forward_intermediates(
                 pixels,
                 indices=[self._block_index],
@@ -127,11 +144,23 @@ class OpenClipEncoder(VisionEncoder):
             features = torch.cat([prefix_tokens, features], dim=1)  # (B, P + H*W, C)
         attention = None
         if self.attention:
-            block_input = block_inputs[0]  # (B, N, C), or (N, B, C) for sequence-first towers
-            if not self.visual.transformer.batch_first:
-                block_input = block_input.transpose(0, 1)
+            block_input = self._batch_first(block_inputs[0])  # (B, N, C)
             attention = _block_cls_attention(feature_block, block_input)  # (B, H*W)
-        return EncodedBatch(features, attention)
+        received = None
+        if self.received_attention:
+            num_prefix = 0 if getattr(self.visual, "class_embedding", None) is None else 1
+            received = torch.stack([
+                patch_received_attention(
+                    *_block_qk(block, self._batch_first(inputs[0])), block.attn.num_heads,
+                    num_prefix,
+                )
+                for block, inputs in zip(received_blocks, (object_in, feature_in), strict=True)
+            ], dim=1)  # (B, 2, H*W)
+        return EncodedBatch(features, attention, received)
+
+    def _batch_first(self, block_input: torch.Tensor) -> torch.Tensor:
+        """A block's recorded input as (B, N, C); sequence-first towers record (N, B, C)."""
+        return block_input if self.visual.transformer.batch_first else block_input.transpose(0, 1)
 
     def _details(self) -> dict[str, Any]:
         return {
@@ -139,12 +168,14 @@ class OpenClipEncoder(VisionEncoder):
             "pretrained": self.pretrained,
             "drop_prefix": self.drop_prefix,
             "attention": self.attention,
+            **self._received_details(),
         }
 
 
-def _check_attention_block(model_name: str, visual: nn.Module) -> None:
-    """Refuse ``attention=True`` where CLS→patch attention cannot be recomputed."""
-    if getattr(visual, "class_embedding", None) is None:
+def _check_attention_block(model_name: str, visual: nn.Module, needs_cls: bool) -> None:
+    """Refuse attention options where the maps cannot be recomputed (CLS→patch attention
+    also needs a CLS token, ``needs_cls``)."""
+    if needs_cls and getattr(visual, "class_embedding", None) is None:
         raise ValueError(f"{model_name!r} has no CLS token: it has no CLS→patch attention")
     block = visual.transformer.resblocks[-1]
     attn = getattr(block, "attn", None)
@@ -154,20 +185,26 @@ def _check_attention_block(model_name: str, visual: nn.Module) -> None:
         and hasattr(block, "ln_1")
     ):
         raise ValueError(
-            f"{model_name!r} uses {type(block).__name__} blocks; CLS attention is read from "
-            f"blocks with ln_1 and a torch MultiheadAttention only: use attention=False"
+            f"{model_name!r} uses {type(block).__name__} blocks; attention is read from "
+            f"blocks with ln_1 and a torch MultiheadAttention only: use attention=False and "
+            f"received_attention=False"
         )
 
 
 def _block_cls_attention(block: nn.Module, block_input: torch.Tensor) -> torch.Tensor:
     """CLS→patch attention (B, N - 1) of an open_clip residual block for its input (B, N, C)."""
+    queries, keys = _block_qk(block, block_input)  # (B, N, C) each
+    return cls_patch_attention(queries[:, 0], keys, block.attn.num_heads)
+
+
+def _block_qk(block: nn.Module, block_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys (B, N, C) of an open_clip residual block for its input (B, N, C), from
+    its MultiheadAttention's packed in-projection."""
     normed = block.ln_1(block_input)  # (B, N, C): the block attends over its pre-norm input
     attn = block.attn
     w_query, w_key, _ = attn.in_proj_weight.chunk(3)
     b_query, b_key = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.chunk(3)[:2]
-    cls_query = F.linear(normed[:, 0], w_query, b_query)  # (B, C)
-    keys = F.linear(normed, w_key, b_key)  # (B, N, C)
-    return cls_patch_attention(cls_query, keys, attn.num_heads)
+    return F.linear(normed, w_query, b_query), F.linear(normed, w_key, b_key)
 
 
 def _weights_name(pretrained: str | None) -> str:

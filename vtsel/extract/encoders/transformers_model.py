@@ -32,7 +32,9 @@ class TransformersEncoder(TransformersTower):
         layer: Hidden-states index read: 0 the embeddings, k the output of block k, negative
             from the end; -2 (default) is the penultimate block, as LLaVA reads CLIP. Block
             outputs are taken before any final norm of the model.
-        attention: Also return the CLS→patch attention of that block (VisionZip, HiPrune).
+        attention: Also return the CLS→patch attention of that block (VisionZip).
+        received_attention: Also return the attention patches receive in HiPrune's object
+            block and in that block, (B, 2, L) (``hf_tower`` module doc).
         revision: Hub revision (branch, tag or commit) of a hub id; pin it for repeatable
             features.
 
@@ -41,7 +43,12 @@ class TransformersEncoder(TransformersTower):
     """
 
     def __init__(
-        self, model: str, layer: int = -2, attention: bool = False, revision: str | None = None
+        self,
+        model: str,
+        layer: int = -2,
+        attention: bool = False,
+        revision: str | None = None,
+        received_attention: bool = False,
     ) -> None:
         super().__init__()
         transformers = import_transformers(type(self).__name__)
@@ -70,7 +77,9 @@ class TransformersEncoder(TransformersTower):
         num_prefix = _count_prefix(tower, self.image_size, patch_grid, model)
         name = Path(self.model).name if local.is_dir() else model
         self.encoder_id = f"transformers:{name}:layer{layer}"
-        self._read_layer(tower, layer, attention, patch_grid, num_prefix, model)
+        self._read_layer(
+            tower, layer, attention, patch_grid, num_prefix, model, received_attention
+        )
 
     def _processor_folder(self, transformers: Any) -> Path:
         """The folder holding ``preprocessor_config.json`` (the hub cache for a hub id)."""
@@ -93,6 +102,7 @@ class TransformersEncoder(TransformersTower):
             "model_type": self.model_type,
             "num_prefix": self.num_prefix,
             "attention": self.attention,
+            **self._received_details(),
         }
 
 
