@@ -18,6 +18,7 @@ Prints the figures and rewrites this benchmark's sections of BENCHMARKS.md at th
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import statistics
@@ -42,7 +43,6 @@ from vtsel.methods import (  # noqa: E402
     METHODS,
     LearnedSelection,
     SelectionMethod,
-    VisionZipStyle,
     build_method,
 )
 from vtsel.models import FeatureSelector, SelectorConfig  # noqa: E402
@@ -92,7 +92,7 @@ def selection_runners(selector: TokenSelector) -> dict[str, Runner]:
     features, attention = random_inputs(selector)
     grid = selector.selector.config.grid_size
     methods: list[SelectionMethod] = [
-        build_method(name, grid=grid) if name in ("uniform", "hiprune") else build_method(name)
+        build_method(name, grid=grid) if takes_grid(name) else build_method(name)
         for name in METHODS
         if name != "selector"
     ]
@@ -102,11 +102,22 @@ def selection_runners(selector: TokenSelector) -> dict[str, Runner]:
         # HiPrune reads a middle layer and the feature layer; VisionZip the feature layer only.
         maps = attention if method.attention_maps == 2 else attention[:, 1]
         runners[f"{method.name}@{keep}"] = lambda m=method, k=keep, a=maps: m(features, k, a)
-        if isinstance(method, VisionZipStyle):  # what VisionZip hands on: the merged tokens
-            runners[f"visionzip + merge@{keep}"] = lambda m=method, k=keep, a=maps: m.merge(
-                features, m(features, k, a), a
+        if merges(method):  # also what the method hands on: its merged tokens
+            runners[f"{method.name} + merge@{keep}"] = lambda m=method, k=keep, a=maps: (
+                m.kept_features(features, m(features, k, a), a)
             )
     return runners
+
+
+def takes_grid(name: str) -> bool:
+    """Whether the method registered as ``name`` is built on the token grid (uniform, spread,
+    HiPrune)."""
+    return "grid" in inspect.signature(METHODS[name]).parameters
+
+
+def merges(method: SelectionMethod) -> bool:
+    """Whether ``method`` hands on other values than its kept tokens (VisionZip, PACT)."""
+    return type(method).kept_features is not SelectionMethod.kept_features
 
 
 def seconds_per_call(run: Runner, calls: int) -> float:
@@ -178,8 +189,10 @@ Milliseconds per crop to choose the kept tokens (`SelectionMethod.select` on a b
 {BATCH} crops ÷ {BATCH}) at LLaVA-NeXT's geometry: {height}×{width} = {num_tokens} tokens of \
 {selector.selector.config.feature_dim} channels, random
 float32 features; `visionzip` and `hiprune` get random softmax attention (one map, and two
-layers' maps); `visionzip + merge` also averages the dropped tokens into the contextual ones
-(`VisionZipStyle.merge`), what VisionZip hands the LLM. `selector` is a TokenSelector at
+layers' maps). `visionzip + merge` and `pact + merge` also compute what the method hands the
+LLM (`kept_features`): VisionZip's contextual tokens averaged with the dropped ones, PACT's
+cluster means (which re-run its pruning and clustering, as the kept indices alone do not say
+which tokens were pruned nor the cut-off). `selector` is a TokenSelector at
 `conf/llava_next.yaml`'s widths (dim {widths["dim"]}, {widths["depth"]} layers, \
 {widths["num_heads"]} heads) with random weights: its forward plus top-k. Median of
 {SELECTION_REPEATS} repeats, all runners interleaved in rotating order.

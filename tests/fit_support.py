@@ -21,7 +21,7 @@ WIRING = (
 """One training step and one validation batch: every file a fit writes (best and last
 checkpoints, TensorBoard events, config.yaml) for tests of plumbing, in a fraction of the twins'
 two epochs. Tests that measure training run the twins' own settings."""
-SCORED = ["random", "uniform", "spread", "norm", "divprune", "selector"]
+SCORED = ["random", "uniform", "spread", "norm", "divprune", "pact", "selector"]
 """The methods `vtsel eval` scores on test shards (they store no attention for VisionZip and
 HiPrune)."""
 LOSS_TAGS = {

@@ -44,7 +44,8 @@ def eval_command(
         out: Folder for the report files.
         selector: Folder written by `vtsel export`; adds method 'selector'.
         methods: Comma-separated method names (random, uniform, spread, norm, divprune,
-            visionzip, hiprune, selector); default: all baselines, plus selector when given.
+            pact, visionzip, hiprune, selector); default: all baselines, plus selector when
+            given.
         keep: Comma-separated keep ratios scored besides the paper's (5.6, 11.1, 22.2, 40, 50%).
         paper_budgets: Include the paper's budgets.
         regions: Folder the shards were extracted from, with <source_key>.regions.json text

@@ -2,7 +2,8 @@
 
 Every method of ``vtsel.methods`` is named by its registry name; ``selector`` is the trained
 selector of an export folder. A method that ranks by encoder attention is skipped, with a note,
-when the shards carry none.
+when the shards carry none; one that ranks by the attention tokens receive (HiPrune) ranks by
+the CLS map instead, with a note, when the shards store only that (no ``recv_attn.npy``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from vtsel.contract import FeatureContract
 from vtsel.inference import TokenSelector
 from vtsel.methods import METHODS, LearnedSelection, SelectionMethod
+from vtsel.methods.base import RECEIVED_ATTENTION
 
-BASELINES = ("random", "uniform", "spread", "norm", "divprune", "visionzip", "hiprune")
+BASELINES = ("random", "uniform", "spread", "norm", "divprune", "pact", "visionzip", "hiprune")
 
 
 def method_names(methods: Sequence[str] | None, selector: str | Path | None) -> list[str]:
@@ -56,10 +58,12 @@ def build_lineup(
     selector: str | Path | None,
     device: torch.device,
     seed: int = 0,
+    has_received_attention: bool = False,
 ) -> Lineup:
     """Build each named method for this grid, seed and device; skip attention methods without
-    attention. ``random`` draws each crop's subset from the seed and the crop's content, so a
-    crop keeps the same tokens in any batch and in a resumed run."""
+    attention, and note the ones that fall back to the CLS map. ``random`` draws each crop's
+    subset from the seed and the crop's content, so a crop keeps the same tokens in any batch
+    and in a resumed run."""
     methods: dict[str, SelectionMethod] = {}
     notes = []
     for name in names:
@@ -70,6 +74,12 @@ def build_lineup(
                 f"store none (no attn.npy); extract with attention to include it"
             )
             continue
+        if method_class.attention_source == RECEIVED_ATTENTION and not has_received_attention:
+            notes.append(
+                f"{name}: ranks by the CLS attention (attn.npy) in every layer role, since these "
+                f"shards store no received attention (recv_attn.npy); extract with "
+                f"received_attention: true for its own maps"
+            )
         if name == "selector":
             methods[name] = LearnedSelection(_load_selector(selector, contract).to(device))
             continue

@@ -10,6 +10,7 @@ from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
 from vtsel.methods.learned import LearnedSelection
 from vtsel.methods.norm import FeatureNormTopK
+from vtsel.methods.pact import PACT
 from vtsel.methods.random import RandomSelection
 from vtsel.methods.registry import METHODS, build_method
 from vtsel.methods.spread import SpreadOrder
@@ -18,6 +19,7 @@ from vtsel.methods.visionzip import VisionZipStyle
 
 __all__ = [
     "METHODS",
+    "PACT",
     "DivPrune",
     "FeatureNormTopK",
     "HiPruneStyle",

@@ -13,6 +13,7 @@ from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
 from vtsel.methods.learned import LearnedSelection
 from vtsel.methods.norm import FeatureNormTopK
+from vtsel.methods.pact import PACT
 from vtsel.methods.random import RandomSelection
 from vtsel.methods.spread import SpreadOrder
 from vtsel.methods.uniform import UniformGrid
@@ -28,6 +29,7 @@ METHODS: dict[str, type[SelectionMethod]] = {
         DivPrune,
         VisionZipStyle,
         HiPruneStyle,
+        PACT,
         LearnedSelection,
     )
 }
