@@ -1,9 +1,11 @@
-"""`pip install vtsel` is the library (torch + safetensors); the app lives in extras. These tests
-hold pyproject.toml to what the code imports, and the bare library to loading and selecting."""
+"""`pip install vtsel` is the library (torch, safetensors, huggingface_hub); the app lives in
+extras. These tests hold pyproject.toml to what the code imports, and the bare library to
+loading and selecting."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -41,6 +43,24 @@ def declared() -> dict[str, set[str]]:
     return found
 
 
+def installed_with(dists: set[str]) -> set[str]:
+    """``dists`` and every installed distribution their requirements pull in, extras aside."""
+    found, todo = set(), list(dists)
+    while todo:
+        dist = todo.pop()
+        if dist in found:
+            continue
+        found.add(dist)
+        try:
+            requirements = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:  # another platform's (colorama on Windows)
+            continue
+        for requirement in requirements:
+            if "extra ==" not in requirement.partition(";")[2]:
+                todo.append(normalized(re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]))
+    return found
+
+
 def import_names(dist: str) -> list[str]:
     """The top-level modules an installed distribution provides."""
     names = [
@@ -74,7 +94,8 @@ def test_every_package_vtsel_imports_is_declared_in_pyproject() -> None:
     assert not undeclared, sorted(undeclared)
     assert requirements["torch"] == {""} and requirements["safetensors"] == {""}
     core = {dist for dist, extras in requirements.items() if "" in extras}
-    assert core == {"torch", "safetensors"}, core  # the library is what inference needs
+    # the library is what inference and sharing need (folder or Hub id, save, push)
+    assert core == {"torch", "safetensors", "huggingface-hub"}, core
     assert "train" in requirements["lightning"] and "hf" in requirements["transformers"]
 
 
@@ -82,12 +103,14 @@ def test_the_library_selects_and_the_app_names_its_extra_without_any_extra(
     exported: Exported,
 ) -> None:
     """Every module an extra provides is made unimportable (``sys.modules[name] = None``), so
-    the run is what a ``pip install vtsel`` environment can do."""
+    the run is what a ``pip install vtsel`` environment can do; a distribution the library's
+    own dependencies install (filelock, which an extra also pins) stays."""
+    core = {dist for dist, extras in declared().items() if "" in extras}
     blocked = sorted(
         {
             name
             for dist, extras in declared().items()
-            if "" not in extras
+            if "" not in extras and dist not in installed_with(core)
             for name in import_names(dist)
         }
     )

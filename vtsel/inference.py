@@ -1,29 +1,34 @@
-"""Pick tokens with an exported selector: torch, safetensors and ``vtsel.models`` only.
+"""Pick tokens with an exported selector: torch, safetensors, huggingface_hub and
+``vtsel.models`` only.
 
-Inference code (a VLM's serving stack) loads the folder ``vtsel export`` writes and calls
-``select`` on raw encoder features; nothing here imports Lightning or the training code.
+Inference code (a VLM's serving stack) loads the folder ``vtsel export`` writes, or its copy on
+the Hugging Face Hub, and calls ``select`` on raw encoder features; nothing here imports
+Lightning or the training code.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from huggingface_hub import ModelCard, ModelHubMixin, hf_hub_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from vtsel.budget import Budget, mask_from_scores
 from vtsel.contract import FeatureContract
-from vtsel.models import FeatureSelector, SelectorConfig
-from vtsel.versions import check_compatible
-
-EXPORT_FORMAT = "vtsel-selector"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from vtsel.export_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_config,
+    read_selector,
+    write_selector,
+)
+from vtsel.model_card import model_card
+from vtsel.models import FeatureSelector
 
 
 @dataclass
@@ -41,10 +46,13 @@ class KeptTokens:
     features: torch.Tensor | list[torch.Tensor]  # the input's raw features at those positions
 
 
-class TokenSelector(nn.Module):
+class TokenSelector(nn.Module, ModelHubMixin, library_name="vtsel"):
     """A trained Feature Selector with its input contract, for use outside training.
 
     Build it with ``from_pretrained``; move it with ``.to(device)`` like any ``nn.Module``.
+    ``huggingface_hub.ModelHubMixin`` gives it ``save_pretrained`` (the export folder plus
+    its model card) and ``push_to_hub`` (that folder, uploaded); vtsel keeps reading and
+    writing the files, with their checks (``vtsel.export_format``).
     Features go in raw, exactly as the encoder named in ``config["encoder"]`` produced them;
     the per-token normalisation the selector was trained with is applied inside.
 
@@ -59,42 +67,59 @@ class TokenSelector(nn.Module):
         self.config = config
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> TokenSelector:
-        """Load a folder written by ``vtsel export`` (``config.json`` + ``model.safetensors``).
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+    ) -> TokenSelector:
+        """Load a selector from a Hub id (``"org/name"``) or a folder written by ``vtsel
+        export`` or ``save_pretrained`` (``config.json`` + ``model.safetensors``).
+
+        An existing folder is read in place; anything else that is a valid repo id is
+        downloaded (the keyword arguments are ``huggingface_hub.hf_hub_download``'s). This
+        replaces the mixin's ``from_pretrained``, which parses ``config.json`` itself before
+        any hook runs (a damaged file would surface as a bare JSON error), so that both
+        sources go through the same checks.
 
         Raises:
-            ValueError: The config is of another format or major vtsel version, or the weights
-                do not fit the architecture it describes.
+            FileNotFoundError: A local folder without ``config.json``.
+            ValueError: The config is damaged, of another format or major vtsel version, or
+                the weights are not safetensors fitting the architecture it describes.
         """
-        config_path = Path(directory) / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a `vtsel export` folder")
-        try:
-            config = json.loads(config_path.read_text())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}): re-export it") from None
-        if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-            raise ValueError(
-                f"{config_path} has format "
-                f"{config.get('format') if isinstance(config, dict) else None!r}, not "
-                f"{EXPORT_FORMAT!r}: "
-                f"it is not a selector written by `vtsel export`"
-            )
-        check_compatible(config, source=str(config_path))
-        selector = FeatureSelector(SelectorConfig.from_dict(config, str(config_path)))
-        weights_path = config_path.with_name(WEIGHTS_FILE)
-        try:
-            _check_weights_metadata(weights_path, config, config_path)
-            weights = load_file(weights_path)
-        except (OSError, SafetensorError) as err:
-            raise ValueError(
-                f"{weights_path} is not a readable safetensors file ({err}): re-export it"
-            ) from None
-        try:
-            selector.load_state_dict(weights)  # strict: every key and shape
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not fit {config_path}: {err}") from err
-        return cls(selector, config)
+        source = str(pretrained_model_name_or_path)
+        hub_args = {"revision": revision, "cache_dir": cache_dir, "force_download": force_download,
+                    "token": token, "local_files_only": local_files_only}
+
+        def fetch(filename: str) -> Path:
+            if not _is_hub_id(source):
+                return Path(source) / filename
+            return Path(hf_hub_download(source, filename, **hub_args))
+
+        config_path = fetch(CONFIG_FILE)
+        config = read_config(config_path)  # before the weights are downloaded
+        return cls(read_selector(fetch(WEIGHTS_FILE), config, config_path), config)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """``config.json`` and ``model.safetensors`` as ``vtsel export`` writes them; the
+        mixin's ``save_pretrained`` adds the card (``generate_model_card``) and
+        ``push_to_hub`` uploads the folder."""
+        write_selector(save_directory, self.selector, self.config)
+
+    def generate_model_card(self, repo_id: str | None = None) -> ModelCard:
+        """The card made from ``config.json`` (``vtsel.model_card``), so a loaded selector
+        pushes the card its export wrote; ``repo_id`` (``model_card_kwargs``) goes into the
+        loading example."""
+        return model_card(self.config, repo_id)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Keep logits of raw features (B, L, C) -> (B, L), unchecked: the traceable core of
+        ``scores``, which ``vtsel export --onnx / --torch_export`` write out."""
+        return self.selector.scores(features.to(self.selector.head.weight.dtype))
 
     @property
     def contract(self) -> FeatureContract:
@@ -139,9 +164,7 @@ class TokenSelector(nn.Module):
         Features are cast to the selector's dtype for scoring (encoders often run in half
         precision); the logits rank tokens, and ``> 0`` is the selector's own keep decision.
         """
-        batched = self._as_batch(features)  # (B, L, C)
-        weight_dtype = self.selector.head.weight.dtype
-        keep_logits = self.selector.scores(batched.to(weight_dtype))  # (B, L)
+        keep_logits = self(self._as_batch(features))  # (B, L)
         return keep_logits if features.dim() == 3 else keep_logits[0]
 
     def select(
@@ -186,21 +209,13 @@ class TokenSelector(nn.Module):
         return KeptTokens(selected.indices[0], selected.features[0])
 
 
-def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """What ``model.safetensors`` records of the contract it was trained for. The grid shapes
-    no weight (positions and the coverage prior are computed), so it is written here and
-    checked against ``config.json`` at load."""
-    return {"format": EXPORT_FORMAT, "grid_size": json.dumps(list(config["grid_size"]))}
-
-
-def _check_weights_metadata(
-    weights_path: Path, config: dict[str, Any], config_path: Path
-) -> None:
-    """Refuse a ``config.json`` whose grid is not the one its weights were exported for."""
-    with safe_open(weights_path, framework="pt") as weights:
-        recorded = (weights.metadata() or {}).get("grid_size")
-    if recorded is not None and json.loads(recorded) != list(config["grid_size"]):
-        raise ValueError(
-            f"{config_path} says grid_size {list(config['grid_size'])}, but {weights_path} was "
-            f"exported for {json.loads(recorded)}: the config was edited or mixed up"
-        )
+def _is_hub_id(source: str) -> bool:
+    """Whether ``source`` names a Hub repo rather than a folder: it does not exist here and
+    is a valid repo id (``org/name``; a path like ``/a/b`` or ``./a`` is not)."""
+    if Path(source).exists():
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
