@@ -9,7 +9,7 @@ from transformers import BatchFeature
 from vtsel.budget import Budget
 from vtsel.integrations.attention import attention_layers
 from vtsel.integrations.inputs import placeholder_runs, resize_placeholders
-from vtsel.integrations.masks import keep_mask, kept_tokens
+from vtsel.integrations.masks import kept_tokens
 from vtsel.integrations.video import budget_groups
 from vtsel.methods import VisionZipStyle, build_method
 
@@ -21,8 +21,8 @@ def test_grid_methods_spread_their_budget_over_the_visible_rectangle() -> None:
     candidates = torch.zeros(2, 4, 4, dtype=torch.bool)
     candidates[0, 1:3] = True  # crop 0 shows rows 1-2 only (letterboxed)
     candidates[1] = True
-    keep = keep_mask(build_method("uniform", grid=(4, 4)), features, (4, 4),
-                     candidates.view(2, 16), [slice(0, 1), slice(1, 2)], Budget(k=4))
+    keep, _ = kept_tokens(build_method("uniform", grid=(4, 4)), features, (4, 4),
+                          candidates.view(2, 16), [slice(0, 1), slice(1, 2)], Budget(k=4))
     on_rectangle = build_method("uniform", grid=(2, 4)).positions(4)  # in the 2x4 rectangle
     expected = [[1 + int(position) // 4, int(position) % 4] for position in on_rectangle]
     assert keep[0].view(4, 4).nonzero().tolist() == expected  # not the 4x4 lattice, cut
@@ -35,10 +35,8 @@ def test_the_llm_reads_visionzips_merged_tokens_merged_within_the_visible_rectan
     candidates[0, 1:3] = True  # crop 0 shows rows 1-2 only (letterboxed)
     candidates[1] = True
     method = VisionZipStyle()
-    keep, handed_on = kept_tokens(method, features, (4, 4), candidates.view(2, 16),
-                                  [slice(0, 1), slice(1, 2)], Budget(k=4), attention)
-    assert torch.equal(keep, keep_mask(method, features, (4, 4), candidates.view(2, 16),
-                                       [slice(0, 1), slice(1, 2)], Budget(k=4), attention))
+    _, handed_on = kept_tokens(method, features, (4, 4), candidates.view(2, 16),
+                               [slice(0, 1), slice(1, 2)], Budget(k=4), attention)
     # crop 0: VisionZip on the 8 visible tokens (4..11) alone; only they can join its targets
     visible = slice(4, 12)
     kept_idx = method(features[:1, visible], 4, attention[:1, visible])

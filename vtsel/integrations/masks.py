@@ -47,19 +47,6 @@ def check_budget(method: Method, budget: Budget) -> None:
         )
 
 
-def keep_mask(
-    method: Method,
-    features: torch.Tensor,
-    grid: tuple[int, int],
-    candidates: torch.Tensor,
-    groups: list[slice],
-    budget: Budget,
-    attention: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Which tokens to keep: (N, L) bool, only ever at ``candidates`` (``kept_tokens``' mask)."""
-    return kept_tokens(method, features, grid, candidates, groups, budget, attention)[0]
-
-
 def kept_tokens(
     method: Method,
     features: torch.Tensor,
