@@ -190,7 +190,7 @@ Milliseconds per crop to choose the kept tokens (`SelectionMethod.select` on a b
 {selector.selector.config.feature_dim} channels, random
 float32 features; `visionzip` and `hiprune` get random softmax attention (one map, and two
 layers' maps). `visionzip + merge` and `pact + merge` also compute what the method hands the
-LLM (`kept_features`): VisionZip's contextual tokens averaged with the dropped ones, PACT's
+LLM (`kept_features`): VisionZip's contextual tokens (target + mean of its joiners), PACT's
 cluster means (which re-run its pruning and clustering, as the kept indices alone do not say
 which tokens were pruned nor the cut-off). `selector` is a TokenSelector at
 `conf/llava_next.yaml`'s widths (dim {widths["dim"]}, {widths["depth"]} layers, \
