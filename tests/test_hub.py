@@ -14,6 +14,7 @@ import huggingface_hub.hub_mixin
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors import safe_open
 
 from tests.conftest import Exported, write_feature_shards
 from vtsel.cli import main
@@ -106,7 +107,7 @@ def test_save_pretrained_of_a_loaded_selector_selects_as_the_checkpoint(
 def test_push_to_hub_uploads_the_folder_save_pretrained_writes(
     exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uploaded: dict[str, bytes] = {}
+    uploaded: dict[str, Path] = {}
 
     class OfflineApi:
         """HfApi's two calls push_to_hub makes, recording the folder instead of sending it."""
@@ -118,14 +119,26 @@ def test_push_to_hub_uploads_the_folder_save_pretrained_writes(
             return type("Repo", (), {"repo_id": repo_id})()
 
         def upload_folder(self, folder_path: Path, **_: Any) -> str:
-            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+            kept = shutil.copytree(folder_path, tmp_path / "uploaded")  # the mixin deletes it
+            uploaded.update({p.name: p for p in kept.iterdir()})
             return "commit"
 
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", OfflineApi)
     selector = TokenSelector.from_pretrained(exported.directory)
     assert selector.push_to_hub("org/selector") == "commit"
     selector.save_pretrained(tmp_path / "saved")
-    assert uploaded == {p.name: p.read_bytes() for p in (tmp_path / "saved").iterdir()}
+    saved = {p.name: p for p in (tmp_path / "saved").iterdir()}
+    assert sorted(uploaded) == sorted(saved) == sorted(["README.md", CONFIG_FILE, WEIGHTS_FILE])
+    for name in ("README.md", CONFIG_FILE):
+        assert uploaded[name].read_bytes() == saved[name].read_bytes(), name
+    # safetensors writes its metadata map in no fixed order: compare what the files hold
+    with (safe_open(uploaded[WEIGHTS_FILE], "pt") as pushed,
+          safe_open(saved[WEIGHTS_FILE], "pt") as kept):
+        assert pushed.metadata() == kept.metadata()
+        names = sorted(kept.keys())
+        assert sorted(pushed.keys()) == names
+        for key in names:
+            assert torch.equal(pushed.get_tensor(key), kept.get_tensor(key)), key
 
 
 def test_a_hub_id_is_downloaded_and_checked_as_a_folder_is(
