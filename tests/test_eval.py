@@ -296,7 +296,9 @@ def test_a_judge_that_fails_its_gate_gives_no_table(
 def test_unknown_methods_and_a_selector_without_export_are_refused(
     held_out: Path, judge: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match=r"unknown selection method.*'fastv'.*valid: divprune"):
+    inside = r"\(fastv prune inside the language model: vtsel vlm-eval"
+    with pytest.raises(ValueError, match=r"unknown selection method 'fastv'; valid: divprune.*"
+                                         + inside):
         evaluate(str(held_out), judge, tmp_path / "a", methods=["random", "fastv"])
     with pytest.raises(ValueError, match="'selector' needs the exported selector"):
         evaluate(str(held_out), judge, tmp_path / "b", methods=["selector"])

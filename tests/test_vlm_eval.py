@@ -24,7 +24,7 @@ from tests.tiny_vlms import INTERNVL_IMAGE_TOKENS, LLAVA_IMAGE_TOKENS, Stack, ch
 from vtsel.cli import main
 from vtsel.vlm_eval.predictions import PREDICTIONS_FILE, Prediction, PredictionStore
 from vtsel.vlm_eval.questions import load_questions
-from vtsel.vlm_eval.report import markdown_tables, summarize, write_scores_csv
+from vtsel.vlm_eval.report import SCORES_MARKDOWN, markdown_tables, summarize, write_scores_csv
 from vtsel.vlm_eval.scoring import anls, exact_match, levenshtein, normalized_levenshtein
 
 # The tiny VLMs' whole vocabulary: special and chat words, question words and the answers.
@@ -252,6 +252,18 @@ def tiny_internvl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(model, processor, tmp_path_factory.mktemp("tiny_internvl"))
 
 
+@pytest.fixture(scope="module")
+def deep_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_llava with an 8-layer LLM: room for FastV's 2 unpruned layers and PyramidDrop's
+    stages at layers 2, 4 and 6."""
+    model, processor = tiny_vlms.tiny_llava_next(
+        tiny_tokenizer(LLAVA_IMAGE_TOKENS), TOWER, Stack(width=32, layers=8, heads=2),
+        crop=SIDE, patch=PATCH, pinpoints=[[SIDE, 2 * SIDE], [2 * SIDE, SIDE]],
+        template=chat_template(LLAVA_IMAGE_TOKENS["image_token"]),
+    )
+    return save(model, processor, tmp_path_factory.mktemp("deep_llava"))
+
+
 @pytest.fixture(params=["tiny_llava", "tiny_internvl"])
 def tiny_vlm(request: pytest.FixtureRequest) -> Path:
     """Each tiny VLM family in turn."""
@@ -409,3 +421,30 @@ def test_a_sigkilled_evaluation_resumes_without_losing_or_repeating_rows(
     assert after.startswith(complete)  # nothing written before the kill is lost
     keys = [(r["method"], r["keep"], r["id"]) for r in read_rows(out)]
     assert len(keys) == len(set(keys)) == 2 * 2 * 60  # every row once
+
+
+def test_fastv_and_pdrop_read_the_budgeted_share_on_average_over_the_layers(
+    deep_llava: Path, question_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    main(eval_args(deep_llava, question_file, out, "--methods", "fastv,pdrop,uniform",
+                   "--keep", "1.0,0.5", "--batch_size", "2"))
+    rows = {(r["method"], r["keep"], r["id"]): r for r in read_rows(out)}
+    assert len(rows) == 3 * 2 * 5
+    for line in map(str, range(1, 6)):
+        full = rows["uniform", 1.0, line]["visual_tokens"]
+        assert rows["fastv", 1.0, line]["visual_tokens"] == full
+        for method in ("fastv", "pdrop"):  # each layer reads half of them on average
+            read = rows[method, 0.5, line]["visual_tokens"]
+            assert read == pytest.approx(0.5 * full, rel=0.05)
+    assert "| fastv |" in (out / SCORES_MARKDOWN).read_text()
+
+
+def test_a_budget_fastv_cannot_meet_is_refused_before_answering(
+    deep_llava: Path, question_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError, match=r"fastv at keep 0.2: its first 2 of 8 layers"):
+        main(eval_args(deep_llava, question_file, out, "--methods", "random,fastv",
+                       "--keep", "0.5,0.2"))
+    assert not (out / PREDICTIONS_FILE).exists() or not read_rows(out)

@@ -19,6 +19,7 @@ from vtsel.contract import FeatureContract
 from vtsel.inference import TokenSelector
 from vtsel.methods import METHODS, LearnedSelection, SelectionMethod
 from vtsel.methods.base import RECEIVED_ATTENTION
+from vtsel.methods.registry import check_method_names
 
 BASELINES = ("random", "uniform", "spread", "norm", "divprune", "pact", "visionzip", "hiprune")
 
@@ -30,11 +31,7 @@ def method_names(methods: Sequence[str] | None, selector: str | Path | None) -> 
         ValueError: An unknown name, a repeated one, or ``selector`` without an export.
     """
     names = list(methods) if methods else [*BASELINES, *(["selector"] if selector else [])]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise ValueError(
-            f"unknown selection method(s) {unknown}; valid: {', '.join(sorted(METHODS))}"
-        )
+    check_method_names(names)
     if len(set(names)) != len(names):
         raise ValueError(f"methods are listed more than once: {names}")
     if "selector" in names and selector is None:

@@ -18,7 +18,7 @@ from vtsel.integrations.internvl import InternVLPruning
 from vtsel.integrations.llava_next import LlavaNextPruning
 from vtsel.integrations.llm_pruning import LLMPruningHandle
 from vtsel.integrations.masks import Budget, Method
-from vtsel.llm_methods import FastV, LLMMethod, PyramidDrop
+from vtsel.llm_methods import LLMMethod
 
 FAMILIES: dict[tuple[type[nn.Module], ...], type[PruningHandle]] = {
     (LlavaNextForConditionalGeneration, LlavaNextModel): LlavaNextPruning,
@@ -52,7 +52,7 @@ def attach(
     for model_types, handle_type in FAMILIES.items():
         if not isinstance(model, model_types):
             continue
-        if isinstance(method, (FastV, PyramidDrop)):
+        if isinstance(method, LLMMethod):
             if options:
                 raise ValueError(f"{method.name} takes no family options; got {sorted(options)}")
             return LLMPruningHandle(model, method, budget)

@@ -142,6 +142,11 @@ class PruningHandle(ABC):
             self._pad_token_id(),
         )
 
+    def visual_tokens_read(self, input_ids: torch.Tensor) -> list[float]:
+        """Visual tokens the LLM read per row of the pruned ``input_ids`` (B, T): its
+        placeholders, which every layer reads."""
+        return (input_ids == self.image_token_id).sum(dim=1).tolist()
+
     def image_features(self, pixel_values: torch.Tensor, **geometry: Any) -> Any:
         """``get_image_features``' output for the model's own call: the remembered encoding of
         these pixels if ``prune_inputs`` made one, else a fresh one (images alone per budget)."""

@@ -118,6 +118,15 @@ class LLMPruningHandle:
         them itself (the same call as for tower methods, so pipelines need not tell them apart)."""
         return inputs
 
+    def visual_tokens_read(self, input_ids: torch.Tensor) -> list[float]:
+        """Visual tokens the LLM read per row of the latest prefill, averaged over its layers
+        (what a budget of ``keep`` fixes); the placeholders of ``input_ids`` (B, T) if that
+        prefill had no image."""
+        if self.last is None:
+            return (input_ids == self.image_token_id).sum(dim=1).tolist()
+        layers = len(self.last.visual_tokens)
+        return [sum(row) / layers for row in zip(*self.last.visual_tokens, strict=True)]
+
     def detach(self) -> None:
         """Restore the model: remove the hooks and forget the run's state."""
         for hook in self._hooks:

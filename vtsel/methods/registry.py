@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vtsel.llm_methods import LLM_METHODS
 from vtsel.methods.base import SelectionMethod
 from vtsel.methods.divprune import DivPrune
 from vtsel.methods.hiprune import HiPruneStyle
@@ -35,8 +36,19 @@ METHODS: dict[str, type[SelectionMethod]] = {
 }
 
 
+def check_method_names(names: list[str]) -> None:
+    """Refuse names that are not registered, pointing LLM-side ones to where they run."""
+    unknown = [name for name in names if name not in METHODS]
+    if not unknown:
+        return
+    inside = [name for name in unknown if name in LLM_METHODS]
+    hint = (f" ({', '.join(inside)} prune inside the language model: vtsel vlm-eval and "
+            f"vtsel.integrations.attach run them)" if inside else "")
+    raise ValueError(f"unknown selection method {', '.join(map(repr, unknown))}; valid: "
+                     f"{', '.join(sorted(METHODS))}{hint}")
+
+
 def build_method(name: str, **kwargs: Any) -> SelectionMethod:
     """The method registered as ``name``, built with ``kwargs`` (e.g. ``grid=(24, 24)``)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown selection method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    check_method_names([name])
     return METHODS[name](**kwargs)

@@ -12,8 +12,8 @@ The model loads with ``VisionLanguageModel`` (the same loading and prompting as
 ``vtsel vlm-eval``), the method is attached with ``vtsel.integrations.attach`` at
 ``Budget(keep=...)``, and every request is answered with the task's generation settings.
 ``keep=1.0`` (or ``method=none``) runs the unpruned model. With ``visual_tokens_log=<file>``
-each answer appends ``{"task", "doc_id", "visual_tokens"}``: the image tokens the language
-model received.
+each answer appends ``{"task", "doc_id", "visual_tokens"}``: the visual tokens the language
+model read per layer (averaged over its layers for ``fastv`` and ``pdrop``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class VtselLMM(lmms):
 
     Args (``--model_args``, all strings on the command line):
         pretrained: Folder of a Hugging Face VLM saved with ``save_pretrained``.
-        method: A vtsel method name (``selector``, ``random``, ``divprune``, ...) or ``none``.
+        method: A vtsel method name (``selector``, ``random``, ``divprune``, ..., ``fastv``,
+            ``pdrop``) or ``none``.
         keep: Share of the visual tokens the LLM receives, in (0, 1].
         selector: Export folder of ``vtsel export``, for ``method=selector``.
         device, dtype: As ``vtsel vlm-eval`` takes them (``auto`` by default).
@@ -100,7 +101,6 @@ class VtselLMM(lmms):
         if self.handle is not None:
             batch = prune_inputs(self.handle, batch)
         input_ids = batch["input_ids"]  # (1, T)
-        self._log_visual_tokens(task, doc_id, input_ids)
         settings = dict(gen_kwargs)
         stops = settings.pop("until", None) or []
         temperature = float(settings.get("temperature") or 0)
@@ -111,6 +111,7 @@ class VtselLMM(lmms):
             num_beams=int(settings.get("num_beams") or 1),
             **sampling,
         )  # (1, T + new)
+        self._log_visual_tokens(task, doc_id, input_ids)
         text = self.vlm.processor.batch_decode(
             generated[:, input_ids.shape[1]:], skip_special_tokens=True
         )[0]
@@ -121,7 +122,7 @@ class VtselLMM(lmms):
     def _log_visual_tokens(self, task: str, doc_id: int, input_ids: torch.Tensor) -> None:
         if self.visual_tokens_log is None:
             return
-        count = int((input_ids == self.vlm.processor.image_token_id).sum())
+        (count,) = self.vlm.visual_tokens_read(input_ids, self.handle)
         with self.visual_tokens_log.open("a") as log:
             log.write(json.dumps({"task": task, "doc_id": doc_id, "visual_tokens": count}) + "\n")
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtsel.methods import LearnedSelection, SelectionMethod, build_method
+from vtsel.llm_methods import LLM_METHODS, LLMMethod, build_llm_method
+from vtsel.methods import METHODS, LearnedSelection, SelectionMethod, build_method
 
 GRID_METHODS = ("uniform", "hiprune")
+VLM_METHODS = (*METHODS, *LLM_METHODS)  # chosen before the LLM, then dropped inside it
 
 
 def build_methods(
     names: list[str], model_config: Any, selector: str | None, seed: int
-) -> dict[str, SelectionMethod]:
+) -> dict[str, SelectionMethod | LLMMethod]:
     """Each named method, with the arguments it takes from the command line and the model.
 
     Args:
-        names: Registered method names (``vtsel.methods.METHODS``).
+        names: Registered method names (``VLM_METHODS``: ``vtsel.methods.METHODS`` and
+            ``vtsel.llm_methods.LLM_METHODS``).
         model_config: The VLM's config (``model.config``).
         selector: Export folder for ``selector``.
         seed: Seed of ``random``.
@@ -33,6 +36,8 @@ def build_methods(
             methods[name] = build_method(name, seed=seed)
         elif name in GRID_METHODS:
             methods[name] = build_method(name, grid=selection_grid(model_config))
+        elif name in LLM_METHODS:
+            methods[name] = build_llm_method(name)
         else:
             methods[name] = build_method(name)
     return methods
@@ -55,7 +60,7 @@ def selection_grid(model_config: Any) -> tuple[int, int]:
     return height, width
 
 
-def attach_options(model_config: Any, method: SelectionMethod) -> dict[str, str]:
+def attach_options(model_config: Any, method: SelectionMethod | LLMMethod) -> dict[str, str]:
     """Options for ``vtsel.integrations.attach``: InternVL's ``feature_stage``.
 
     A selector trained on the tower's own grid (``conf/internvl.yaml``: 32x32 before pixel

@@ -25,7 +25,8 @@ RUN_FILE = "run.json"
 @dataclass(frozen=True)
 class Prediction:
     """A model's answer to one question under one method and budget, with its scores and the
-    number of visual tokens the LLM received for it."""
+    number of visual tokens the LLM read for it (per layer, averaged over its layers: FastV and
+    PyramidDrop drop tokens inside it)."""
 
     method: str
     keep: float
@@ -33,7 +34,7 @@ class Prediction:
     prediction: str
     exact_match: float
     anls: float
-    visual_tokens: int
+    visual_tokens: float
 
     @property
     def key(self) -> tuple[str, float, str]:

@@ -29,7 +29,7 @@ class Score:
     questions: int
     exact_match: float
     anls: float
-    visual_tokens: float  # mean visual tokens the LLM received per question
+    visual_tokens: float  # mean visual tokens the LLM read per layer and question
 
 
 def summarize(predictions: Iterable[Prediction]) -> list[Score]:

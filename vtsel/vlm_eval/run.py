@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -27,9 +26,10 @@ from rich.progress import (
 )
 
 from vtsel.arglists import comma_list
-from vtsel.methods import METHODS, SelectionMethod
+from vtsel.llm_methods import LLMMethod
+from vtsel.methods import SelectionMethod
 from vtsel.outputs import write_atomically
-from vtsel.vlm_eval.methods import attach_options, build_methods
+from vtsel.vlm_eval.methods import VLM_METHODS, attach_options, build_methods
 from vtsel.vlm_eval.predictions import Prediction, PredictionStore
 from vtsel.vlm_eval.questions import Question, load_questions
 from vtsel.vlm_eval.report import (
@@ -75,8 +75,10 @@ def vlm_eval(
         questions: JSONL file, one ``{"image": path, "question": str, "answers": [str, ...]}``
             per line (optional ``"id"``); relative image paths are read from its folder.
         out: Output folder; rerunning into it resumes.
-        methods: Comma-separated selection methods (``selector``, ``random``, ``uniform``,
-            ``norm``, ``divprune``, ``visionzip``, ``hiprune``; see ``vtsel.methods``).
+        methods: Comma-separated methods: chosen before the LLM (``selector``, ``random``,
+            ``uniform``, ``norm``, ``divprune``, ``visionzip``, ``hiprune``, ``pact``; see
+            ``vtsel.methods``) or dropped inside it (``fastv``, ``pdrop``; see
+            ``vtsel.llm_methods``, where keep is the LLM layers' average share).
         keep: Comma-separated keep ratios in (0, 1] of each crop's visual tokens.
         selector: Folder of an exported selector (``vtsel export``), needed by ``selector``.
         batch_size: Questions per generate call.
@@ -108,6 +110,7 @@ def vlm_eval(
     store = PredictionStore(out, settings)
     vlm = vlm_module.VisionLanguageModel(model, device, dtype, prompt, instruction)
     methods = build_methods(method_names, vlm.model.config, selector, seed)
+    _check_schedules(methods, keeps, vlm.model.config)
     console = Console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
@@ -138,9 +141,10 @@ def _check_plan(
     method_names: list[str], keeps: list[float], selector: str | None, batch_size: int
 ) -> None:
     """Refuse a bad plan before anything loads."""
-    unknown = [name for name in method_names if name not in METHODS]
+    unknown = [name for name in method_names if name not in VLM_METHODS]
     if unknown:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; "
+                         f"valid: {', '.join(VLM_METHODS)}")
     if len(set(method_names)) != len(method_names):
         raise ValueError(f"--methods lists a method twice: {','.join(method_names)}")
     bad_keeps = [keep for keep in keeps if not 0.0 < keep <= 1.0]
@@ -154,13 +158,24 @@ def _check_plan(
         raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
 
 
+def _check_schedules(
+    methods: dict[str, SelectionMethod | LLMMethod], keeps: list[float], model_config: Any
+) -> None:
+    """Refuse budgets an LLM-side method cannot meet on this LLM before answering anything."""
+    layers = model_config.text_config.num_hidden_layers
+    for method in methods.values():
+        if isinstance(method, LLMMethod):
+            for keep in keeps:
+                method.schedule(layers, keep)
+
+
 class _Evaluation:
     """One run's answering: for each (method, keep), the questions without a row yet."""
 
     def __init__(
         self,
         vlm: VisionLanguageModel,
-        methods: dict[str, SelectionMethod],
+        methods: dict[str, SelectionMethod | LLMMethod],
         store: PredictionStore,
         batch_size: int,
         max_new_tokens: int,
@@ -184,14 +199,14 @@ class _Evaluation:
             self._unpruned(method_name, todo, task)
             return
         from vtsel import Budget
-        from vtsel.integrations import attach, prune_inputs
+        from vtsel.integrations import attach
 
         method = self.methods[method_name]
         options = attach_options(self.vlm.model.config, method)
         handle = attach(self.vlm.model, method, Budget(keep=keep), **options)
         try:
             for batch in _batches(todo, self.batch_size):
-                replies = self.vlm.answer(batch, self.max_new_tokens, partial(prune_inputs, handle))
+                replies = self.vlm.answer(batch, self.max_new_tokens, handle)
                 self.store.append(_scored(method_name, keep, batch, replies))
                 self.progress.advance(task, len(batch))
         finally:

@@ -8,9 +8,10 @@ Generation is greedy, so a rerun of the same batch gives the same answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -19,8 +20,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeatur
 from vtsel.images import to_rgb
 from vtsel.vlm_eval.questions import Question
 
+if TYPE_CHECKING:
+    from vtsel.integrations.handle import PruningHandle
+    from vtsel.integrations.llm_pruning import LLMPruningHandle
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-InputsHook = Callable[[BatchFeature], BatchFeature]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,7 +48,7 @@ class Reply:
     """The model's answer to one question, and how many visual tokens its LLM received."""
 
     text: str
-    visual_tokens: int  # image placeholders in the prompt the LLM saw (after any pruning)
+    visual_tokens: float  # what the LLM read per layer after any pruning, averaged over layers
 
 
 class VisionLanguageModel:
@@ -117,28 +121,41 @@ class VisionLanguageModel:
 
     @torch.inference_mode()
     def answer(
-        self, questions: Sequence[Question], max_new_tokens: int, prepare: InputsHook | None = None
+        self,
+        questions: Sequence[Question],
+        max_new_tokens: int,
+        handle: PruningHandle | LLMPruningHandle | None = None,
     ) -> list[Reply]:
         """Greedy answers to a batch of questions, one each, in order.
 
         Args:
             questions: The batch.
             max_new_tokens: Longest answer generated.
-            prepare: Turns the processor's inputs into what ``generate`` receives (token
-                pruning); ``None`` keeps every token.
+            handle: The pruning attached to the model (``vtsel.integrations.attach``), whose
+                ``prune_inputs`` the processor's outputs go through; ``None`` keeps every token.
         """
         batch = self.inputs(questions)
-        if prepare is not None:
-            batch = prepare(batch)
+        if handle is not None:
+            batch = handle.prune_inputs(batch)
         input_ids = batch["input_ids"]  # (B, T)
-        visual_tokens = (input_ids == self.processor.image_token_id).sum(dim=1).tolist()  # (B,)
         generated = self.model.generate(
             **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens
         )  # (B, T + new) for decoder-only LLMs
+        visual_tokens = self.visual_tokens_read(input_ids, handle)  # (B,)
         texts = self.processor.batch_decode(
             generated[:, input_ids.shape[1]:], skip_special_tokens=True
         )
         return [Reply(text, count) for text, count in zip(texts, visual_tokens, strict=True)]
+
+
+    def visual_tokens_read(
+        self, input_ids: torch.Tensor, handle: PruningHandle | LLMPruningHandle | None
+    ) -> list[float]:
+        """Visual tokens the LLM read per row of ``input_ids`` (B, T) just generated from, per
+        layer on average: the handle's count, or every placeholder when nothing is pruned."""
+        if handle is not None:
+            return handle.visual_tokens_read(input_ids)
+        return (input_ids == self.processor.image_token_id).sum(dim=1).tolist()
 
 
 def _read_image(path: Path) -> Image.Image:
