@@ -13,10 +13,12 @@ from vtsel.cli import main
 from vtsel.flops import (
     PRESETS,
     budget_costs,
+    llm_layer_macs,
     llm_macs,
     selector_config_of,
     selector_macs_per_crop,
 )
+from vtsel.llm_methods import FastV, PyramidDrop
 
 TERA = 1e12
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -120,6 +122,24 @@ def test_cli_keep_ratios_and_overrides(capsys: pytest.CaptureFixture[str]) -> No
     assert float(rows[0][2]) == pytest.approx(full / TERA, abs=0.005)
 
 
+def test_fastv_and_pdrop_count_each_layer_over_the_tokens_it_reads() -> None:
+    vicuna = PRESETS["llava-next-vicuna-7b"]
+
+    def layer(tokens: int) -> int:
+        return llm_layer_macs(tokens, 4096, 11008)
+
+    # FastV at keep 0.5: layers 0-1 read 2880, layers 2-31 read R = (16 - 2) / 30 of them
+    (fastv,) = budget_costs(vicuna, [1440], llm_method=FastV())
+    assert fastv.llm == 2 * layer(2880) + 30 * layer(round(2880 * 14 / 30))
+    assert fastv.tokens == round((2 * 2880 + 30 * 1344) / 32)
+    # PyramidDrop's own schedule, lambda = 0.5 at layers 8, 16, 24, averages 15/32 of the tokens
+    (pdrop,) = budget_costs(vicuna, [1350], llm_method=PyramidDrop())
+    assert pdrop.llm == 8 * (layer(2880) + layer(1440) + layer(720) + layer(360))
+    # the same average as a tower budget, so only the quadratic term tells them apart
+    (tower,) = budget_costs(vicuna, [1350])
+    assert pdrop.llm > tower.llm > 0.95 * pdrop.llm
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -129,6 +149,9 @@ def test_cli_keep_ratios_and_overrides(capsys: pytest.CaptureFixture[str]) -> No
         (["--tokens", "640,x"], "--tokens: cannot read 'x'"),
         (["--model", "gpt-9"], "unknown --model 'gpt-9'; presets: llava-next-vicuna-7b"),
         (["--selector", "no/such/dir"], "selector source no/such/dir not found"),
+        (["--method", "fastv", "--selector", "x"], "--method fastv drops tokens inside the LLM"),
+        (["--method", "sparsevlm"], "unknown --method 'sparsevlm'; valid: tower, fastv, pdrop"),
+        (["--method", "fastv", "--keep", "0.05"], "fastv at keep 0.05: its first 2 of 32"),
     ],
 )
 def test_cli_refuses_bad_input_with_the_option_named(args: list[str], message: str) -> None:

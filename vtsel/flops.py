@@ -19,6 +19,12 @@ The selector runs once per crop, before any token is dropped, over its own grid.
 counted in the same units by PyTorch's FLOP counter on a forward pass of the real
 architecture built from the export's or preset's widths (on the meta device: no memory, no
 weights), halved to multiply-accumulates.
+
+FastV and PyramidDrop (``--method fastv|pdrop``) drop tokens inside the LLM, so each layer is
+counted over the tokens it reads (``vtsel.llm_methods.tokens_by_layer``), as PyramidDrop's
+§4.1 does; at keep ρ the layers read ρ·n on average, so only the quadratic term separates
+their cost from a tower method's. The one attention row they rank by is not counted (one key
+projection at each ranking layer, under 0.5% of a 32-layer LLM's cost).
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vtsel.arglists import comma_list
 from vtsel.inference import CONFIG_FILE
+from vtsel.llm_methods import LLM_METHODS, LLMMethod, build_llm_method, tokens_by_layer
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
 
 TERA = 1e12
 SWIGLU_MATRICES = 3  # gate, up and down projections of a LLaMA-style FFN
+TOWER = "tower"  # tokens chosen before the LLM (the selector and every vtsel.methods baseline)
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,12 @@ def llm_layer_macs(tokens: int, hidden: int, ffn: int, ffn_matrices: int = SWIGL
     return projections + attention + feed_forward
 
 
-def llm_macs(model: LanguageModel, tokens: int) -> int:
-    """Multiply-accumulates the LLM spends on ``tokens`` visual tokens, all layers."""
-    return model.layers * llm_layer_macs(tokens, model.hidden, model.ffn, model.ffn_matrices)
+def llm_macs(model: LanguageModel, tokens: int | list[int]) -> int:
+    """Multiply-accumulates the LLM spends on ``tokens`` visual tokens in every layer, or on
+    ``tokens[l]`` in layer l."""
+    per_layer = [tokens] * model.layers if isinstance(tokens, int) else tokens
+    return sum(llm_layer_macs(count, model.hidden, model.ffn, model.ffn_matrices)
+               for count in per_layer)
 
 
 def selector_config_of(source: str | Path) -> SelectorConfig:
@@ -153,9 +164,13 @@ class BudgetCost:
 
 
 def budget_costs(
-    model: LanguageModel, budgets: list[int], selector_per_crop: int = 0
+    model: LanguageModel,
+    budgets: list[int],
+    selector_per_crop: int = 0,
+    llm_method: LLMMethod | None = None,
 ) -> list[BudgetCost]:
-    """The cost of each budget (visual tokens per image, 1..n) with the selector on every crop.
+    """The cost of each budget (visual tokens per image, 1..n) with the selector on every crop,
+    or under ``llm_method``'s schedule at keep = budget / n (``tokens``: the layers' mean).
 
     The full budget keeps every token, so no selector runs there and its row is the unpruned
     model's cost.
@@ -165,10 +180,15 @@ def budget_costs(
     for tokens in budgets:
         if not 1 <= tokens <= full_tokens:
             raise ValueError(f"budget of {tokens} tokens outside [1, {full_tokens}] (n)")
+        keep = tokens / full_tokens
+        if llm_method is not None:
+            per_layer = tokens_by_layer(llm_method.schedule(model.layers, keep), model.layers,
+                                        full_tokens)
+            costs.append(BudgetCost(round(sum(per_layer) / model.layers), keep,
+                                    llm_macs(model, per_layer), 0, full_llm))
+            continue
         selector = 0 if tokens == full_tokens else model.crops * selector_per_crop
-        costs.append(
-            BudgetCost(tokens, tokens / full_tokens, llm_macs(model, tokens), selector, full_llm)
-        )
+        costs.append(BudgetCost(tokens, keep, llm_macs(model, tokens), selector, full_llm))
     return costs
 
 
@@ -220,6 +240,7 @@ def flops(
     layers: int | None = None,
     crops: int | None = None,
     tokens_per_crop: int | None = None,
+    method: str = TOWER,
     markdown: bool = False,
 ) -> list[BudgetCost]:
     """Print the vision-token TFLOPs of a VLM's LLM at token budgets, with the selector's cost.
@@ -241,6 +262,9 @@ def flops(
         layers: LLM decoder layers.
         crops: Crops per image (the selector runs on each).
         tokens_per_crop: Visual tokens each crop hands the LLM.
+        method: ``tower`` (tokens chosen before the LLM: the selector, every baseline of
+            ``vtsel.methods``), ``fastv`` or ``pdrop`` (dropped inside the LLM; ``tokens`` is
+            then the mean over its layers).
         markdown: Print a Markdown table instead of the terminal table.
     """
     overrides = {"hidden": hidden, "ffn": ffn, "layers": layers, "crops": crops,
@@ -255,13 +279,21 @@ def flops(
         if not all(0.0 < ratio <= 1.0 for ratio in ratios):
             raise ValueError(f"--keep ratios must lie in (0, 1], got {keep}")
         budgets = [tokens_for_ratio(language_model.full_tokens, ratio) for ratio in ratios]
+    if method not in (TOWER, *LLM_METHODS):
+        raise ValueError(f"unknown --method {method!r}; valid: {TOWER}, {', '.join(LLM_METHODS)}")
+    llm_method = None if method == TOWER else build_llm_method(method)
+    if llm_method is not None and selector:
+        raise ValueError(f"--selector adds the selector's cost to tower selection; --method "
+                         f"{method} drops tokens inside the LLM and runs no selector")
     per_crop = selector_macs_per_crop(selector_config_of(selector)) if selector else 0
-    costs = budget_costs(language_model, budgets, per_crop)
+    costs = budget_costs(language_model, budgets, per_crop, llm_method)
     if markdown:
         print(markdown_table(costs))
     else:
         title = (f"{model}: d={language_model.hidden}, m={language_model.ffn}, "
                  f"{language_model.layers} layers, {language_model.crops} crops x "
                  f"{language_model.tokens_per_crop} tokens")
+        if llm_method is not None:
+            title += f"; {method}: tokens = mean over the layers"
         Console().print(rich_table(costs, title))
     return costs
