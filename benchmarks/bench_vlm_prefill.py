@@ -1,17 +1,21 @@
-"""Prefill time and peak memory of a LLaVA-NeXT against the share of visual tokens kept.
+"""Prefill time and peak memory of a LLaVA-NeXT against the share of visual tokens kept, for
+the selector (tokens chosen before the LLM) and FastV / PyramidDrop (dropped inside it).
 
     nice .venv/bin/python benchmarks/bench_vlm_prefill.py
 
 The model is a random-weight ``LlavaNextForConditionalGeneration`` with LLaVA-NeXT's real image
 geometry (336-px crops, patch 14: 24×24 tokens per crop, the real anyres pinpoints; a 512×512
 photo becomes the base view + 2×2 crops, 2928 visual tokens) and a scaled-down model whose LLM
-dominates: a 4-layer, 256-wide CLIP tower, a Llama of 8 layers × 1024 (intermediate 2816)
-and a selector of 4 layers × 128. Per visual token the tower costs about 3% of the LLM's
-multiply-adds and the selector 1%; at LLaVA-NeXT-7B sizes (CLIP-L, a 7B LLM, the 1024-wide
-4-layer selector of conf/llava_next.yaml) about 5% and 0.8%.
+dominates: a 4-layer, 256-wide CLIP tower, a Llama of 16 layers × 768 (intermediate 2048;
+16 layers so that FastV's two unpruned layers are 1/8 of them, not a quarter) and a selector
+of 4 layers × 128. Per visual token the tower costs about 3% of the LLM's multiply-adds and
+the selector 1%; at LLaVA-NeXT-7B sizes (CLIP-L, a 7B LLM, the 1024-wide 4-layer selector of
+conf/llava_next.yaml) about 5% and 0.8%.
 
 One prefill = ``prune_inputs`` (tower, selector, layout) + the model's forward over the whole
-prompt (``logits_to_keep=1``), against the unpatched model's forward (tower + LLM). Every
+prompt (``logits_to_keep=1``), against the unpatched model's forward (tower + LLM). FastV and
+PyramidDrop run at the same keep ratios, meaning the same visual tokens per LLM layer on
+average (``vtsel.llm_methods``); budgets below their floor (K/L, 1/4) are left out. Every
 repeat runs all keep ratios in a rotating order, so machine drift hits them alike; figures are
 medians. Peak memory is the rise of the process's peak RSS over its RSS before the call (glibc is
 told to map every large block, so freed activations leave RSS). FLOPs are counted once per keep
@@ -49,21 +53,23 @@ from tests.tiny_vlms import (  # noqa: E402
 )
 from vtsel import Budget  # noqa: E402
 from vtsel.inference import TokenSelector  # noqa: E402
-from vtsel.integrations import PruningHandle, attach, prune_inputs  # noqa: E402
+from vtsel.integrations import LLMPruningHandle, PruningHandle, attach, prune_inputs  # noqa: E402
+from vtsel.llm_methods import FastV, LLMMethod, PyramidDrop  # noqa: E402
 from vtsel.models import FeatureSelector, SelectorConfig  # noqa: E402
 
 THREADS = 2
 REPEATS = 3
 KEEP_RATIOS = (1.0, 0.5, 0.4, 0.25, 0.1)
 UNPRUNED = "unpruned model"
+LLM_SIDE: tuple[LLMMethod, ...] = (FastV(), PyramidDrop())
 CROP, PATCH = 336, 14
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # LLaVA-NeXT's
 TOWER = Stack(width=256, layers=4, heads=4, intermediate=4 * 256)
-LLM = Stack(width=1024, layers=8, heads=16, intermediate=2816)
+LLM = Stack(width=768, layers=16, heads=12, intermediate=2048)
 VOCAB_SIZE = 32000  # Llama's: the embedding and LM head at their real size
 SELECTOR = dict(dim=128, depth=4, num_heads=4)
 TABLE_HEAD = (
-    "| run | visual tokens to the LLM | median prefill (s) | time ÷ unpruned | FLOPs ÷ unpruned "
+    "| run | visual tokens per LLM layer | median prefill (s) | time ÷ unpruned | FLOPs ÷ unpruned "
     "| peak memory (MiB) | memory ÷ unpruned | each repeat (s) |\n|---|---|---|---|---|---|---|---|"
 )
 PROMPT = "describe the picture " * 12 + "<image> what is this"
@@ -83,26 +89,38 @@ def build() -> tuple[LlavaNextForConditionalGeneration, Any, TokenSelector]:
     return model, inputs, selector
 
 
-def prefill(model: Any, inputs: Any, handle: PruningHandle | None) -> int:
-    """One prefill (see module doc); returns the number of visual tokens the LLM received."""
+def prefill(model: Any, inputs: Any, handle: PruningHandle | LLMPruningHandle | None) -> float:
+    """One prefill (see module doc); returns the visual tokens the LLM read per layer."""
     if handle is not None:
         inputs = prune_inputs(handle, inputs)
     with torch.no_grad():
         model(**inputs, logits_to_keep=1)
-    return int((inputs["input_ids"] == model.config.image_token_id).sum())
+    if handle is None:
+        return float((inputs["input_ids"] == model.config.image_token_id).sum())
+    (tokens,) = handle.visual_tokens_read(inputs["input_ids"])
+    return tokens
 
 
 def runner(
-    model: Any, inputs: Any, selector: TokenSelector, keep: float | None
-) -> Callable[[], int]:
-    """A prefill of the unpatched model (``keep`` None) or with the selector at ``keep``."""
-    def run() -> int:
-        if keep is None:
+    model: Any, inputs: Any, method: TokenSelector | LLMMethod | None, keep: float
+) -> Callable[[], float]:
+    """A prefill of the unpatched model (``method`` None) or with ``method`` at ``keep``."""
+    def run() -> float:
+        if method is None:
             return prefill(model, inputs, None)
-        with attach(model, selector, Budget(keep=keep)) as handle:
+        with attach(model, method, Budget(keep=keep)) as handle:
             return prefill(model, inputs, handle)
 
     return run
+
+
+def feasible(method: LLMMethod, keep: float) -> bool:
+    """Whether ``method`` can average ``keep`` over the benchmark LLM's layers."""
+    try:
+        method.schedule(LLM.layers, keep)
+    except ValueError:
+        return False
+    return True
 
 
 def _status_kib(field: str) -> int:
@@ -112,7 +130,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def timed(run: Callable[[], int]) -> tuple[float, float]:
+def timed(run: Callable[[], float]) -> tuple[float, float]:
     """(seconds, peak MiB above the RSS before) of one call."""
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
     before = _status_kib("VmRSS")
@@ -122,7 +140,7 @@ def timed(run: Callable[[], int]) -> tuple[float, float]:
     return seconds, (_status_kib("VmHWM") - before) / 1024
 
 
-def counted_flops(run: Callable[[], int]) -> tuple[int, int]:
+def counted_flops(run: Callable[[], float]) -> tuple[int, float]:
     """(FLOPs, visual tokens) of one call, attention included (math SDPA kernel)."""
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         tokens = run()
@@ -130,8 +148,11 @@ def counted_flops(run: Callable[[], int]) -> tuple[int, int]:
 
 
 def measure(model: Any, inputs: Any, selector: TokenSelector) -> dict[str, dict[str, Any]]:
-    runs = {UNPRUNED: runner(model, inputs, selector, None)}
-    runs |= {f"keep {keep:.0%}": runner(model, inputs, selector, keep) for keep in KEEP_RATIOS}
+    runs = {UNPRUNED: runner(model, inputs, None, 1.0)}
+    runs |= {f"selector, keep {keep:.0%}": runner(model, inputs, selector, keep)
+             for keep in KEEP_RATIOS}
+    runs |= {f"{method.name}, keep {keep:.0%}": runner(model, inputs, method, keep)
+             for method in LLM_SIDE for keep in KEEP_RATIOS if keep < 1 and feasible(method, keep)}
     results = {name: {"seconds": [], "mib": []} for name in runs}
     for name, run in runs.items():
         results[name]["flops"], results[name]["tokens"] = counted_flops(run)  # also warms up
@@ -154,13 +175,15 @@ def section(results: dict[str, dict[str, Any]], prompt_text_tokens: int) -> tupl
     for name, result in results.items():
         seconds, mib = statistics.median(result["seconds"]), statistics.median(result["mib"])
         rows.append(
-            f"| {name} | {result['tokens']} | {seconds:.2f} | {seconds / base_seconds:.2f} | "
+            f"| {name} | {result['tokens']:.0f} | {seconds:.2f} | {seconds / base_seconds:.2f} | "
             f"{result['flops'] / base['flops']:.2f} | {mib:.0f} | {mib / base_mib:.2f} | "
             + ", ".join(f"{value:.2f}" for value in result["seconds"]) + " |"
         )
-    at_40 = results["keep 40%"]
-    time_ratio = statistics.median(at_40["seconds"]) / base_seconds
-    flops_ratio = at_40["flops"] / base["flops"]
+    at_40 = {name.split(",")[0]: statistics.median(result["seconds"]) / base_seconds
+             for name, result in results.items() if name.endswith("keep 40%")}
+    time_ratio = at_40["selector"]
+    flops_ratio = results["selector, keep 40%"]["flops"] / base["flops"]
+    others = ", ".join(f"{name} {ratio:.2f}" for name, ratio in at_40.items() if name != "selector")
     rows_text = "\n".join(rows)
     body = f"""Machine: {machine(THREADS)}.
 
@@ -171,15 +194,20 @@ becomes the base view + 2×2 crops) with a scaled-down model whose LLM dominates
 (intermediate {LLM.mlp_width}), selector 4 layers × {SELECTOR['dim']} (random
 weights; ranking cost does not depend on them), {prompt_text_tokens} text tokens. One prefill =
 `prune_inputs` (tower + selector + layout) + forward over the prompt (`logits_to_keep=1`); the
-unpruned row is the unpatched model. Keep ratios count the per-crop tokens; newlines (one per
-grid row, 48) stay. {REPEATS} repeats in rotating order, medians; FLOPs counted once per row
-(`torch.utils.flop_counter`, math SDPA kernel). Peak memory = rise of peak RSS over the RSS
-before the call. Goal: time at 40% ÷ unpruned ≤ 0.5, selector included.
+unpruned row is the unpatched model. The selector's keep ratios count the per-crop tokens;
+newlines (one per grid row, 48) stay. FastV (K=2) and PyramidDrop (4 stages) read every
+visual token, newlines included, and drop them inside the LLM so that its layers read the same
+share on average; a budget below FastV's floor (2/{LLM.layers}) or PyramidDrop's (1/4) has no
+row. {REPEATS} repeats in rotating order, medians; FLOPs counted once per row
+(`torch.utils.flop_counter`, math SDPA kernel; FastV's and PyramidDrop's recomputed
+attention row included). Peak memory = rise of peak RSS over the RSS before the call. Goal:
+time at 40% ÷ unpruned ≤ 0.5, selector included.
 
 {TABLE_HEAD}
 {rows_text}
 
-At 40% keep: time ratio **{time_ratio:.2f}** against a FLOPs ratio of {flops_ratio:.2f}.
+At 40% keep: the selector's time ratio **{time_ratio:.2f}** against a FLOPs ratio of
+{flops_ratio:.2f}; at the same budget {others}.
 """
     return body, time_ratio
 
@@ -193,7 +221,7 @@ def main() -> None:
     body, time_ratio = section(results, text_tokens)
     print(body)
     update_section("VLM prefill vs keep ratio (benchmarks/bench_vlm_prefill.py)", body)
-    print(f"updated {BENCHMARKS_FILE}; time ratio at 40% = {time_ratio:.2f}")
+    print(f"updated {BENCHMARKS_FILE}; the selector's time ratio at 40% = {time_ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@
     handle.detach()                                      # the model is exactly as before
 
 ``method`` is any ``vtsel.methods.SelectionMethod`` (the trained selector or a baseline) or an
-exported ``TokenSelector``. ``attach`` also works as a context manager.
+exported ``TokenSelector``, chosen before the LLM, or ``vtsel.llm_methods.FastV()`` /
+``PyramidDrop()``, dropped inside it (``llm_pruning``). ``attach`` also works as a context
+manager.
 """
 
 from vtsel.integrations.attach import attach, prune_inputs
 from vtsel.integrations.handle import Encoding, PruningHandle
 from vtsel.integrations.internvl import InternVLPruning
 from vtsel.integrations.llava_next import LlavaNextPruning
+from vtsel.integrations.llm_pruning import LLMPruningHandle
 
 __all__ = [
     "Encoding",
     "InternVLPruning",
+    "LLMPruningHandle",
     "LlavaNextPruning",
     "PruningHandle",
     "attach",
