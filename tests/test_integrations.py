@@ -28,6 +28,7 @@ from tests.tiny_vlms import (
 from vtsel import Budget
 from vtsel.inference import TokenSelector
 from vtsel.integrations import attach, prune_inputs
+from vtsel.integrations.attention import encoder_layers
 from vtsel.methods import LearnedSelection, SelectionMethod, VisionZipStyle, build_method
 from vtsel.models import FeatureSelector, SelectorConfig
 from vtsel.models.selector import tokens_for_ratio
@@ -327,6 +328,38 @@ def test_the_llm_reads_visionzips_contextual_tokens_merged(
     differs = (merged != unmerged).flatten(1).any(dim=-1)
     # only contextual tokens change: round(54/64 * k) of every crop's k are dominant
     assert 0 < int(differs.sum()) <= int(0.25 * differs.numel())
+
+
+def test_llava_next_merges_visionzips_contextual_tokens_by_the_feature_layers_keys(
+    llava: Any,
+) -> None:
+    """The base crop's tokens, by hand: CLS attention and head-averaged keys of the layer that
+    outputs the features (vision_feature_layer -2), VisionZip's merge on those keys, projected.
+    12 of 16 tokens: 10 dominant, 2 contextual, so the keys decide which target each joins."""
+    model, processor = llava
+    inputs = ask_llava(processor, photos((28, 56)))
+    with attach(model, VisionZipStyle(), Budget(keep=0.75)) as handle:
+        prune_inputs(handle, inputs)
+        handed_on = handle.last.features[0][:tokens_for_ratio(16, 0.75)]  # base crop's, first
+    tower = model.model.vision_tower
+    with torch.no_grad():
+        hidden = tower(inputs["pixel_values"][0][:1], output_hidden_states=True).hidden_states
+        layer = encoder_layers(tower)[1]  # its output is hidden_states[-2]
+        normed = layer.layer_norm1(hidden[1])  # (1, 17, C)
+        heads = layer.self_attn.num_heads
+        query = layer.self_attn.q_proj(normed[:, :1]).view(1, 1, heads, -1).transpose(1, 2)
+        key = layer.self_attn.k_proj(normed).view(1, 17, heads, -1).transpose(1, 2)
+        cls_row = (query @ key.transpose(-1, -2) * key.shape[-1] ** -0.5).softmax(-1)
+        attention = cls_row.mean(dim=1)[:, 0, 1:]  # (1, 16)
+        keys = key.mean(dim=1)[:, 1:]  # (1, 16, d) heads averaged, CLS dropped
+        features = hidden[2][:, 1:]  # (1, 16, C)
+        method = VisionZipStyle()
+        kept = method.select(features, tokens_for_ratio(16, 0.75), attention)
+        by_keys = method.merge(features, kept, attention, metric=keys)
+        by_tokens = method.merge(features, kept, attention)
+        expected = model.model.multi_modal_projector(by_keys)[0]
+    assert not torch.allclose(by_keys, by_tokens)  # the metric decides who joins whom here
+    torch.testing.assert_close(handed_on, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_the_tower_runs_once_per_batch(llava: Any) -> None:

@@ -6,7 +6,8 @@ hidden state entering a layer costs that layer's q/k projections, whatever kerne
 runs. Each method gets what its source uses (see ``vtsel.methods``):
 
 - VisionZip: the CLS query's attention over the patches in the feature layer, heads averaged
-  (B, L); one query row, so the cost is a key projection.
+  (B, L); one query row, so the cost is a key projection. Its contextual merge measures
+  similarity on that layer's keys averaged over heads (``merge_metric``).
 - HiPrune: the attention each patch *receives* (head-averaged map, mean over all queries) in
   an object-centric middle layer and in the feature layer, stacked (B, 2, L).
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from vtsel.attention_maps import attention_probs, patch_received_attention, project_qk
-from vtsel.methods import HiPruneStyle, SelectionMethod
+from vtsel.methods import HiPruneStyle, SelectionMethod, VisionZipStyle
 from vtsel.methods.hiprune import object_layer
 
 
@@ -85,6 +86,21 @@ def cls_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention of the CLS query over the patches, (N, 1 + L, C) -> (N, L)."""
     weights = _attention_weights(layer, layer_input, queries=slice(0, 1))  # (N, h, 1, T)
     return weights.mean(dim=1)[:, 0, 1:]  # heads averaged, CLS column dropped
+
+
+def merge_metric(
+    method: SelectionMethod, layers: nn.ModuleList, hidden_states: tuple[torch.Tensor, ...],
+    feature_index: int,
+) -> torch.Tensor | None:
+    """What ``method`` merges by similarity on, if it has such a source: VisionZip's keys of
+    the feature layer averaged over heads, CLS dropped (N, L, head_dim); None for the others."""
+    if not isinstance(method, VisionZipStyle):
+        return None
+    (layer,) = attention_layers(method, feature_index, len(layers))
+    norm, attn = attention_parts(layers[layer])
+    _, key = project_qk(attn, norm(hidden_states[layer]), slice(0, 1))  # (N, T, D)
+    batch, length, width = key.shape
+    return key.view(batch, length, attn.num_heads, width // attn.num_heads).mean(dim=2)[:, 1:]
 
 
 def received_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from vtsel.integrations.attention import (
     attention_layers,
     encoder_layers,
     feature_layer_index,
+    merge_metric,
     method_attention,
 )
 from vtsel.integrations.handle import Encoding, PruningHandle
@@ -154,7 +155,7 @@ class LlavaNextPruning(PruningHandle):
                 image_crops[:count] for image_crops, count in zip(pixel_values, crops_per_image,
                                                                   strict=True)
             ])
-        features, attention = self._tower_features(pixel_values, layer)  # (N, L, C), (N, L)
+        features, attention, metric = self._tower_features(pixel_values, layer)  # (N, L, C), ...
         layouts = [
             anyres_layout(size, count, self.grid, config.image_grid_pinpoints,
                           config.vision_config.image_size)
@@ -163,16 +164,17 @@ class LlavaNextPruning(PruningHandle):
         candidates = torch.cat([layout.candidates for layout in layouts]).to(features.device)
         keep, handed_on = kept_tokens(
             self.method, features, self.grid, candidates, budget_groups(crops_per_image, clips),
-            self.budget, attention,
+            self.budget, attention, metric,
         )  # (N, L), (N, L, C): VisionZip's contextual tokens come merged
         return self._assemble(handed_on, keep, layouts, crops_per_image)
 
     def _tower_features(
         self, pixel_values: torch.Tensor, layer: int | tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Crops' feature-layer tokens without CLS (N, L, C), and the attention the method ranks
-        by if any (``attention.method_attention``), from one tower pass that keeps only the
-        hidden states it needs."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Crops' feature-layer tokens without CLS (N, L, C), the attention the method ranks
+        by if any (``attention.method_attention``) and what it merges on if not the tokens
+        (``attention.merge_metric``), from one tower pass that keeps only the hidden states
+        it needs."""
         tower = self.base.vision_tower
         num_layers = tower.config.num_hidden_layers
         layers = (layer,) if isinstance(layer, int) else layer
@@ -183,11 +185,12 @@ class LlavaNextPruning(PruningHandle):
         outputs = tower(pixel_values, output_hidden_states=indices + attention_inputs,
                         return_dict=True)
         hidden = torch.cat([outputs.hidden_states[index] for index in indices], dim=-1)
-        attention = None
+        attention = metric = None
         if needs_attention:
-            attention = method_attention(self.method, encoder_layers(tower),
-                                         outputs.hidden_states, indices[0])
-        return hidden[:, 1:], attention  # CLS dropped, as LLaVA-NeXT's "default" strategy does
+            layers = encoder_layers(tower)
+            attention = method_attention(self.method, layers, outputs.hidden_states, indices[0])
+            metric = merge_metric(self.method, layers, outputs.hidden_states, indices[0])
+        return hidden[:, 1:], attention, metric  # CLS dropped, as "default" does
 
     def _assemble(
         self,

@@ -55,6 +55,7 @@ def kept_tokens(
     groups: list[slice],
     budget: Budget,
     attention: torch.Tensor | None = None,
+    metric: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which tokens to keep, (N, L) bool only ever at ``candidates``, and the tokens (N, L, C)
     the LLM reads at them (``features`` where the method hands on the tokens themselves).
@@ -69,12 +70,14 @@ def kept_tokens(
         groups: Row slices of crops sharing one budget (used with ``budget.per_image``).
         budget: How many to keep.
         attention: The attention (N, L) or (N, maps, L) methods that rank by it take.
+        metric: What a merging method measures similarity on (N, L, D), if not the features
+            (``attention.merge_metric``).
     """
     check_budget(method, budget)
     scorer = scorer_of(method)
     if scorer is not None:
         return mask_from_scores(scorer.scores(features), budget, candidates, groups), features
-    return _select_in_boxes(method, features, grid, candidates, budget, attention)
+    return _select_in_boxes(method, features, grid, candidates, budget, attention, metric)
 
 
 def _select_in_boxes(
@@ -84,6 +87,7 @@ def _select_in_boxes(
     candidates: torch.Tensor,
     budget: Budget,
     attention: torch.Tensor | None,
+    metric: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep mask (N, L) and handed-on tokens (N, L, C) of an index method run on each crop's
     visible rectangle.
@@ -105,6 +109,7 @@ def _select_in_boxes(
         col_idx = torch.arange(left, right, device=features.device)
         positions = (row_idx[:, None] * grid[1] + col_idx[None, :]).flatten()  # (h*w,) row-major
         box_attention = None if attention is None else attention[rows][..., positions]
+        box_metric = None if metric is None else metric[rows][:, positions]  # (n, h*w, D)
         box_features = features[rows][:, positions]  # (n, h*w, C)
         box_method = _on_grid(method, (bottom - top, right - left))
         chosen = box_method.select(
@@ -112,7 +117,7 @@ def _select_in_boxes(
         )  # (n, k) indices into the box
         keep[rows[:, None], positions[chosen]] = True
         handed_on[rows[:, None], positions[chosen]] = box_method.kept_features(
-            box_features, chosen, box_attention
+            box_features, chosen, box_attention, box_metric
         ).to(features.dtype)
     return keep, handed_on
 

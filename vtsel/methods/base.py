@@ -84,11 +84,17 @@ class SelectionMethod(ABC):
             )
 
     def kept_features(
-        self, features: torch.Tensor, indices: torch.Tensor, attention: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        indices: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        metric: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """What the method hands on (B, keep, C) for ``indices = select(features, keep,
         attention)``: the kept tokens unchanged, unless the method merges (VisionZip, PACT)
-        and overrides this to fold the dropped tokens into the kept ones."""
+        and overrides this to fold the dropped tokens into the kept ones. ``metric`` (B, L, D)
+        is what a merge measures similarity on where the caller has it (VisionZip: the
+        feature layer's attention keys); None: the features themselves."""
         return gather_tokens(features, indices)
 
     def kept_on_grid(

@@ -129,13 +129,18 @@ class PACT(SelectionMethod):
         return ClusterPlan(centre_idx, is_unpruned, cutoff)
 
     def merge(
-        self, features: torch.Tensor, indices: torch.Tensor, attention: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        indices: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        metric: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each centre of ``indices = select(features, keep)`` replaced by its cluster's mean
         (B, keep, C): the unpruned tokens that are nearest to it, and the pruned ones nearest
         to it within ``α·d_c``. The plan is recomputed from ``features``, since the indices
         alone say neither which tokens were pruned nor the cut-off; indices that are not this
-        plan's centres are refused."""
+        plan's centres are refused. ``metric`` is not used: the plan's distances are on the
+        features, which on encoder tokens stand in for PACT's LLM-layer keys."""
         plan = self.plan(features, indices.shape[1])
         if not torch.equal(plan.centre_idx, indices):
             raise ValueError(f"{self.name}: indices are not the centres select chooses")

@@ -31,7 +31,10 @@ so ``cls_slot`` says who pays for CLS:
 
 Where else this differs from VisionZip:
 - Similarity is on the attention keys (averaged over heads) in VisionZip; ``merge`` takes them
-  as ``metric`` when the caller has them, and falls back to the output tokens themselves.
+  as ``metric`` when the caller has them (the LLaVA-NeXT integration recomputes them from the
+  feature layer's k projection), and falls back to the output tokens themselves where there are
+  no such keys: ``vtsel eval``'s shards store tokens and attention maps, not keys, and
+  InternVL's pixel-shuffled tokens each merge four tower tokens.
 - The kept tokens are returned in grid order, each contextual token at its target's position;
   VisionZip hands the LLM the dominant tokens in grid order and then the contextual ones.
 ``select`` returns the kept positions (dominant + contextual targets) like every method;
