@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import Exported, MakeShards
 from tests.fit_support import fit
 from vtsel.fidelity import Judge
+from vtsel.methods import PACT, VisionZipStyle
 from vtsel.models.selector import tokens_for_ratio
 from vtsel.train.fit import resolve_fit_config
 from vtsel.train.judge_module import JudgeModule
@@ -149,11 +150,32 @@ def test_attention_families_need_attention() -> None:
 def test_a_mixture_draws_families_by_weight() -> None:
     generator = torch.Generator().manual_seed(0)
     counts = torch.full((600,), 8)
-    masks = mixture_masks({"uniform": 1.0, "random": 2.0}, counts, (4, 4), generator,
-                          torch.randn(600, 16, 8))
+    feats = torch.randn(600, 16, 8)
+    masks, shown = mixture_masks({"uniform": 1.0, "random": 2.0}, counts, (4, 4), generator,
+                                 feats)
+    assert torch.equal(shown, feats)  # neither family merges: the tokens are shown as they are
     uniform = family_masks("uniform", torch.tensor([8]), (4, 4), None, torch.randn(1, 16, 8))
     share = (masks == uniform).all(dim=-1).float().mean().item()  # random: 1 in 12870
     assert 0.25 < share < 0.42  # a third of the crops
+
+
+def test_merging_families_show_what_the_method_hands_on() -> None:
+    """A judge trained on VisionZip's (or PACT's) masks sees its merged tokens at the kept
+    positions, as vtsel eval will show them; the dropped positions keep the raw tokens."""
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 16, 8)
+    attention = torch.rand(6, 16)
+    counts = torch.full((6,), 5)
+    for family, method in (("visionzip", VisionZipStyle()), ("pact", PACT())):
+        masks, shown = mixture_masks({family: 1.0}, counts, (4, 4), generator, feats, attention)
+        kept_idx = masks.nonzero()[:, 1].view(6, 5)
+        rows_attention = attention if method.needs_attention else None
+        assert torch.equal(kept_idx, method.select(feats, 5, rows_attention))
+        expected = method.kept_on_grid(feats, kept_idx, rows_attention)
+        torch.testing.assert_close(shown, expected)
+        dropped = masks == 0
+        assert torch.equal(shown[dropped], feats[dropped])
+        assert not torch.equal(shown[~dropped], feats[~dropped])  # merged, not raw
 
 
 def test_random_keep_counts_cover_the_range_and_repeat_with_the_seed() -> None:

@@ -26,7 +26,7 @@ from vtsel.train.task import ReconstructionTask
 
 DEFAULT_FAMILIES = {
     "random": 2.0, "clustered": 1.0, "blocky": 1.0, "uniform": 1.0, "spread": 1.0,
-    "norm": 1.0, "divprune": 1.0, "visionzip": 1.0, "hiprune": 1.0,
+    "norm": 1.0, "divprune": 1.0, "visionzip": 1.0, "hiprune": 1.0, "pact": 1.0,
 }
 
 

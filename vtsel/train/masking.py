@@ -10,7 +10,9 @@ is. So the judge learns from a mixture of mask *families*, each at budgets drawn
 - ``clustered``: the top of a random smooth field over the grid (blobs of several sizes);
 - ``blocky``: whole square blocks of 2-6 tokens, in random order;
 - any training-free method of ``vtsel.methods`` (``uniform``, ``spread``, ``norm``,
-  ``divprune``, ``visionzip``, ``hiprune``): its own choice at that budget.
+  ``divprune``, ``visionzip``, ``hiprune``, ``pact``): its own choice at that budget, with at
+  its kept positions what it hands on (VisionZip's and PACT's merged tokens), as ``vtsel
+  eval`` will show them to the judge.
 
 ``projection`` (the top of the tokens' projection on a random direction: content-dependent,
 irregular, like a learned selection) is kept out of training on purpose: the judge's sanity
@@ -31,7 +33,7 @@ from vtsel.methods.base import CLS_ATTENTION, RECEIVED_ATTENTION, attention_inpu
 from vtsel.models.selector import tokens_for_ratio
 
 FIELD_FAMILIES = ("random", "clustered", "blocky", "projection")
-METHOD_FAMILIES = ("uniform", "spread", "norm", "divprune", "visionzip", "hiprune")
+METHOD_FAMILIES = ("uniform", "spread", "norm", "divprune", "visionzip", "hiprune", "pact")
 HELD_OUT_FAMILY = "projection"  # never trained on: the gate's test of favouritism
 
 
@@ -87,7 +89,21 @@ def family_masks(
     attention: torch.Tensor | None = None,
     received_attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens.
+    """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens (``family_draw``)."""
+    return family_draw(family, counts, grid, generator, feats, attention, received_attention)[0]
+
+
+def family_draw(
+    family: str,
+    counts: torch.Tensor,
+    grid: tuple[int, int],
+    generator: torch.Generator | None = None,
+    feats: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
+    received_attention: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens, and the tokens
+    (B, L, C) a reconstructor is shown: ``feats``, except at a merging method's kept positions.
 
     Field families draw from ``generator`` (CPU); method families run the method on the raw
     features (B, L, C) and, for attention-ranked ones, the attention they rank by: the CLS
@@ -95,19 +111,19 @@ def family_masks(
     """
     batch, num_tokens = counts.numel(), grid[0] * grid[1]
     if family == "random":
-        return top_counts_mask(torch.rand(batch, num_tokens, generator=generator), counts)
+        return top_counts_mask(torch.rand(batch, num_tokens, generator=generator), counts), feats
     if family == "clustered":
-        return top_counts_mask(_smooth_fields(batch, grid, generator), counts)
+        return top_counts_mask(_smooth_fields(batch, grid, generator), counts), feats
     if family == "blocky":
-        return top_counts_mask(_block_fields(batch, grid, generator), counts)
+        return top_counts_mask(_block_fields(batch, grid, generator), counts), feats
     if feats is None:
         raise ValueError(f"mask family {family!r} needs the crops' features")
     if family == "projection":
         direction = F.normalize(torch.randn(batch, feats.shape[-1], generator=generator), dim=-1)
         unit = F.normalize(feats.detach().float().cpu(), dim=-1)  # (B, L, C)
-        return top_counts_mask(torch.einsum("blc,bc->bl", unit, direction), counts)
+        return top_counts_mask(torch.einsum("blc,bc->bl", unit, direction), counts), feats
     maps = {CLS_ATTENTION: attention, RECEIVED_ATTENTION: received_attention}
-    return _method_masks(family, counts, grid, feats, maps)
+    return _method_draw(family, counts, grid, feats, maps)
 
 
 def mixture_masks(
@@ -118,34 +134,40 @@ def mixture_masks(
     feats: torch.Tensor | None = None,
     attention: torch.Tensor | None = None,
     received_attention: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Keep masks (B, L): each crop's family drawn with the given weights, its budget
-    ``counts[i]`` (attention maps as ``family_masks`` takes them)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keep masks (B, L), each crop's family drawn with the given weights, its budget
+    ``counts[i]``, and the tokens (B, L, C) shown with them (``family_draw``; attention maps
+    as it takes them)."""
     names = [name for name, weight in families.items() if weight > 0]
     weights = torch.tensor([float(families[name]) for name in names])
     picks = torch.multinomial(weights, counts.numel(), replacement=True, generator=generator)
     masks = torch.zeros(counts.numel(), grid[0] * grid[1])
+    shown = None if feats is None else feats.clone()
     for index, name in enumerate(names):
         rows = (picks == index).nonzero().squeeze(-1)
         if rows.numel():
-            masks[rows] = family_masks(
+            device_rows = None if feats is None else rows.to(feats.device)
+            masks[rows], family_shown = family_draw(
                 name, counts[rows], grid, generator,
-                None if feats is None else feats[rows.to(feats.device)],
+                None if feats is None else feats[device_rows],
                 *(None if maps is None else maps[rows.to(maps.device)]
                   for maps in (attention, received_attention)),
             )
-    return masks
+            if shown is not None:
+                shown[device_rows] = family_shown.to(shown.dtype)
+    return masks, shown
 
 
-def _method_masks(
+def _method_draw(
     family: str,
     counts: torch.Tensor,
     grid: tuple[int, int],
     feats: torch.Tensor,
     maps: Mapping[str, torch.Tensor | None],
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What the training-free method ``family`` keeps of each crop at its budget, ranking by
-    its map among ``maps`` (``vtsel.methods.base.attention_input``)."""
+    its map among ``maps`` (``vtsel.methods.base.attention_input``), and the crops with what
+    it hands on at the kept positions (``kept_on_grid``)."""
     method_class = METHODS[family]
     offered = {"grid": grid, "seed": 0}
     accepted = inspect.signature(method_class).parameters
@@ -157,14 +179,15 @@ def _method_masks(
             f"store none: extract with attention (attn.npy) or leave the family out"
         )
     masks = torch.zeros(counts.numel(), grid[0] * grid[1])
+    shown = feats.detach().clone()  # (B, L, C)
     for keep in counts.unique().tolist():
         rows = (counts == keep).nonzero().squeeze(-1)
         device_rows = rows.to(feats.device)
-        kept_idx = method.select(
-            feats[device_rows], int(keep), None if attention is None else attention[device_rows]
-        )  # (b, keep)
+        rows_attention = None if attention is None else attention[device_rows]
+        kept_idx = method.select(feats[device_rows], int(keep), rows_attention)  # (b, keep)
         masks[rows] = torch.zeros(rows.numel(), masks.shape[1]).scatter_(1, kept_idx.cpu(), 1.0)
-    return masks
+        shown[device_rows] = method.kept_on_grid(shown[device_rows], kept_idx, rows_attention)
+    return masks, shown
 
 
 def _smooth_fields(

@@ -100,13 +100,15 @@ class ReconstructionTask(L.LightningModule):
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, dropped-token error) of the reconstructors on masks drawn from ``families``
-        at budgets drawn from ``keep_range`` (``generator``; the global one if None)."""
+        at budgets drawn from ``keep_range`` (``generator``; the global one if None), each
+        shown what its family hands on and scored against ``normed`` (B, L, C)."""
         counts = random_keep_counts(normed.shape[0], normed.shape[1], keep_range, generator)
-        keep = mixture_masks(
+        keep, shown = mixture_masks(
             families, counts, self.grid, generator, batch["feats"], batch.get(CLS_ATTENTION),
             batch.get(RECEIVED_ATTENTION),
-        ).to(normed.device)  # (B, L)
-        feats_rec, image_rec = self.reconstruct(normed, keep)
+        )  # (B, L), (B, L, C): merging methods' kept positions hold what they hand on
+        keep = keep.to(normed.device)
+        feats_rec, image_rec = self.reconstruct(self.normalize(shown), keep)
         dropped = dropped_token_mse(feats_rec, normed, keep).mean()
         image_term = F.mse_loss(image_rec.float(), batch["image"].float())
         return dropped + self.image_weight * image_term, dropped
