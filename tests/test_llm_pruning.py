@@ -238,7 +238,8 @@ def test_each_layer_reads_the_scheduled_visual_tokens(llava: Any, method: LLMMet
     images = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()  # [52, 88]
     with attach(model, method, Budget(keep=0.3)) as handle:
         generate(model, prune_inputs(handle, inputs))
-    per_row = [list(row) for row in zip(*handle.last.visual_tokens, strict=True)]
+        read = handle.last.visual_tokens  # (layers, B); detach forgets it
+    per_row = [list(row) for row in zip(*read, strict=True)]
     assert per_row == [tokens_by_layer(handle.stages, LLM.layers, count) for count in images]
     average = sum(per_row[1]) / (LLM.layers * images[1])
     assert average == pytest.approx(0.3, abs=0.02)  # the budget is the layers' average share
@@ -255,6 +256,18 @@ def test_detach_restores_the_model(llava: Any) -> None:
     handle.detach()
     after = generate(model, inputs).scores
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_a_prompt_without_images_runs_as_the_unpruned_model(llava: Any) -> None:
+    model, processor = llava
+    inputs = processor.tokenizer(["describe the picture", "what is this"], return_tensors="pt",
+                                 padding=True)
+    unpruned = generate(model, inputs)
+    with attach(model, PyramidDrop(), Budget(keep=0.4)) as handle:
+        pruned = generate(model, prune_inputs(handle, inputs))
+        assert handle.last is None
+        assert handle.visual_tokens_read(inputs["input_ids"]) == [0, 0]
+    assert torch.equal(pruned.sequences, unpruned.sequences)
 
 
 def test_bad_budgets_and_kernels_are_refused(llava: Any, eager: Any) -> None:

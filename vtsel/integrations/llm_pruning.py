@@ -101,7 +101,6 @@ class LLMPruningHandle:
             raise ValueError(f"{type(model).__name__} already has LLM pruning attached: detach "
                              f"that handle first")
         self.image_token_id = int(self.base.config.image_token_id)
-        self.last: LLMPruned | None = None
         self._reset()
         first = self.stages[0].rank_layer
         self._hooks = [self.base.register_forward_pre_hook(self._on_call, with_kwargs=True)] + [
@@ -152,6 +151,7 @@ class LLMPruningHandle:
                              f"kernels; the LLM runs {self.kernel!r}")
 
     def _reset(self) -> None:
+        self.last: LLMPruned | None = None  # set at each prune of a prefill
         self._active = False
         self._prefill = False
         self._prompt: tuple[torch.Tensor, torch.Tensor] | None = None  # is_image, valid (B, T)
