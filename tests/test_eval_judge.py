@@ -24,7 +24,7 @@ from vtsel.train.judge_module import JudgeModule
 from vtsel.train.masking import (
     HELD_OUT_FAMILY,
     check_families,
-    family_masks,
+    family_draw,
     mixture_masks,
     random_keep_counts,
 )
@@ -125,7 +125,7 @@ def test_each_family_keeps_exactly_the_budget_and_families_differ() -> None:
     counts = torch.tensor([1, 5, 12, 30, 64])
     feats = torch.randn(5, 64, 16)
     masks = {
-        family: family_masks(family, counts, (8, 8), generator, feats)
+        family: family_draw(family, counts, (8, 8), generator, feats)[0]
         for family in ("random", "clustered", "blocky", "projection", "uniform", "spread",
                        "norm", "divprune")
     }
@@ -144,7 +144,7 @@ def test_each_family_keeps_exactly_the_budget_and_families_differ() -> None:
 
 def test_attention_families_need_attention() -> None:
     with pytest.raises(ValueError, match="'visionzip' ranks tokens by encoder attention"):
-        family_masks("visionzip", torch.tensor([4]), (4, 4), None, torch.randn(1, 16, 8))
+        family_draw("visionzip", torch.tensor([4]), (4, 4), None, torch.randn(1, 16, 8))
 
 
 def test_a_mixture_draws_families_by_weight() -> None:
@@ -154,7 +154,7 @@ def test_a_mixture_draws_families_by_weight() -> None:
     masks, shown = mixture_masks({"uniform": 1.0, "random": 2.0}, counts, (4, 4), generator,
                                  feats)
     assert torch.equal(shown, feats)  # neither family merges: the tokens are shown as they are
-    uniform = family_masks("uniform", torch.tensor([8]), (4, 4), None, torch.randn(1, 16, 8))
+    uniform, _ = family_draw("uniform", torch.tensor([8]), (4, 4), None, torch.randn(1, 16, 8))
     share = (masks == uniform).all(dim=-1).float().mean().item()  # random: 1 in 12870
     assert 0.25 < share < 0.42  # a third of the crops
 

@@ -25,7 +25,7 @@ import torch
 
 from vtsel.fidelity.judge import Judge
 from vtsel.models.selector import tokens_for_ratio
-from vtsel.train.masking import HELD_OUT_FAMILY, family_masks
+from vtsel.train.masking import HELD_OUT_FAMILY, family_draw
 from vtsel.train.objective import dropped_token_mse
 
 SMALL_BUDGET, LARGE_BUDGET, MIDDLE_BUDGET = 0.056, 0.50, 0.222  # the paper's, from Table 1
@@ -93,10 +93,10 @@ def check_judge(judge: Judge, batches: Iterable[torch.Tensor], seed: int = 0) ->
         batch, num_tokens = normed.shape[:2]
         for name, ratio, family in checks:
             counts = torch.full((batch,), tokens_for_ratio(num_tokens, ratio))
-            keep = family_masks(
-                family, counts, judge.contract.grid, generator, feats.cpu()
-            ).to(device)  # (B, L)
-            judged = dropped_token_mse(judge.reconstruct_features(normed, keep), normed, keep)
+            keep, shown = family_draw(family, counts, judge.contract.grid, generator, feats.cpu())
+            keep = keep.to(device)  # (B, L)
+            rebuilt = judge.reconstruct_features(judge.normalize(shown.to(device)), keep)
+            judged = dropped_token_mse(rebuilt, normed, keep)
             sums[name] += float(judged.sum())
             if name.startswith("mid/"):
                 interpolated = dropped_token_mse(judge.interpolate(normed, keep), normed, keep)

@@ -80,19 +80,6 @@ def check_families(families: Mapping[str, float], held_out_allowed: bool = False
         )
 
 
-def family_masks(
-    family: str,
-    counts: torch.Tensor,
-    grid: tuple[int, int],
-    generator: torch.Generator | None = None,
-    feats: torch.Tensor | None = None,
-    attention: torch.Tensor | None = None,
-    received_attention: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Keep masks (B, L) of one family, row i keeping ``counts[i]`` tokens (``family_draw``)."""
-    return family_draw(family, counts, grid, generator, feats, attention, received_attention)[0]
-
-
 def family_draw(
     family: str,
     counts: torch.Tensor,
