@@ -4,8 +4,8 @@ Tower methods (``vtsel.methods``) choose before the LLM; these two let the LLM r
 token in its first layers and drop the least attended ones at depth, ranked by the attention the
 last prompt token pays them:
 
-- **FastV** (Chen et al. 2024, arXiv 2403.06764 §4): after layer K (K=2), by layer K's
-  attention (0-based layer K-1's output row), keep a share R of the visual tokens.
+- **FastV** (Chen et al. 2024, arXiv 2403.06764 §4): after layer K (K=2), ranked by the
+  attention computed inside layer K (0-based layer K-1), keep a share R of the visual tokens.
 - **PyramidDrop** (Xing et al. 2025, arXiv 2410.17247 §3.2): the layers are split into 4 equal
   stages; at the start of stages 1, 2, 3 (layers L/4, L/2, 3L/4) the tokens left are ranked by
   that layer's own attention and a share λ of them kept, so stage s holds λ^s of them.

@@ -8,11 +8,12 @@ The LLM receives every visual token; hooks on its decoder layers drop them at de
   notes the new tokens.
 - At prefill, the pre-hook of a stage's ranking layer recomputes the last token's attention over
   the current sequence from the layer's q/k (``llm_attention``; any attention kernel), and the
-  pre-hook of its pruning layer keeps the text, the padding's complement and the top visual
+  pre-hook of its pruning layer keeps every text token (padding dropped) and the top visual
   tokens, gathering the hidden states, rotary embeddings and position ids. Kept tokens keep
-  their original positions (FastV's choice; PyramidDrop's code renumbers them, which only
-  shifts the rotary phase of the text after the image). Rows that keep different numbers are
-  re-padded on the left, so every row's last token stays last.
+  their original positions (FastV's choice; PyramidDrop's code renumbers them, which shortens
+  the rotary distance between the text after the image and everything before the dropped
+  ones). Rows that keep different numbers are re-padded on the left, so every row's last token
+  stays last.
 - Every later layer gets the mask of its shorter sequence, at prefill and at each decode step:
   the KV cache of a pruned layer holds only its kept tokens, plus those decoded since.
 
